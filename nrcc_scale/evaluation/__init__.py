@@ -1,0 +1,1 @@
+"""After training: embed with the target encoder, reduce, cluster without k, score, report."""

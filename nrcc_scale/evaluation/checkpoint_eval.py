@@ -1,0 +1,132 @@
+"""Evaluate a training checkpoint into a run folder: embeddings, clustering, probes, report files.
+
+Writes ``metrics.json`` (main scores at the top level, baselines under ``baselines``), ``embeddings.npy``
+with ``labels.npy`` (so ``python -m nrcc_scale.evaluate --embeddings`` can re-cluster without the model),
+``umap_scatter.png``, ``confusion.png`` (<= 100 classes) and ``curves.png`` (training monitor).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nrcc_scale.config import Config, config_from_dict
+from nrcc_scale.data.base import DataBundle, SubsetSource, raw_pixel_features
+from nrcc_scale.data.registry import build_data
+from nrcc_scale.engine.checkpoint import read_state
+from nrcc_scale.evaluation.embed import Embeddings, embed_source
+from nrcc_scale.evaluation.linear_probe import linear_probe
+from nrcc_scale.evaluation.pipeline import EvaluationResult, evaluate_embeddings
+from nrcc_scale.evaluation.report import confusion_plot, curves_plot, format_table, scatter_plot
+from nrcc_scale.methods import SSLMethod, build_method
+from nrcc_scale.utils.files import atomic_path, atomic_write_json
+
+log = logging.getLogger("nrcc_scale.evaluate")
+
+
+@dataclass
+class TrainedModel:
+    method: SSLMethod
+    cfg: Config
+    resolution: int
+    history: list[dict[str, Any]]
+    epoch: int
+
+
+def load_trained(checkpoint: Path, device: torch.device) -> TrainedModel:
+    state = read_state(checkpoint)
+    cfg = config_from_dict(state["config"])
+    method = build_method(cfg, int(state["resolution"]))
+    method.load_state_dict(state["model"])
+    return TrainedModel(method.to(device).eval(), cfg, int(state["resolution"]), list(state["history"]),
+                        int(state["epoch"]))
+
+
+def _rows_within(evaluate, probe) -> np.ndarray | None:
+    """Rows of ``evaluate`` that ``probe`` consists of, when it is a subset of it (no second embedding)."""
+    if isinstance(probe, SubsetSource) and probe.base is evaluate:
+        return probe.indices
+    return None
+
+
+def probe_embeddings(model: torch.nn.Module, data: DataBundle, evaluated: Embeddings, resolution: int,
+                     device: torch.device, batch_size: int) -> tuple[Embeddings, Embeddings]:
+    def get(probe) -> Embeddings:
+        rows = _rows_within(data.evaluate, probe)
+        if rows is not None and np.array_equal(evaluated.indices, np.arange(len(data.evaluate))):
+            return Embeddings(evaluated.features[rows], evaluated.labels[rows], rows)
+        return embed_source(model, probe, resolution, device, batch_size, progress=True, desc="embed probe")
+
+    return get(data.probe_train), get(data.probe_test)
+
+
+def save_embeddings(folder: Path, emb: Embeddings) -> None:
+    for name, array in (("embeddings.npy", emb.features), ("labels.npy", emb.labels),
+                        ("indices.npy", emb.indices)):
+        with atomic_path(folder / name) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+
+def write_report(out_dir: Path, result: EvaluationResult, labels: np.ndarray, metrics: dict[str, Any],
+                 history: list[dict[str, Any]], title: str, plots: bool) -> dict[str, str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    files = {"metrics": str(out_dir / "metrics.json")}
+    if plots and result.main.reduced is not None:
+        files["scatter"] = str(scatter_plot(result.main.reduced, labels, result.main.predicted,
+                                            out_dir / "umap_scatter.png", title))
+        conf = confusion_plot(labels, result.main.predicted, out_dir / "confusion.png")
+        if conf:
+            files["confusion"] = str(conf)
+        curves = curves_plot(history, out_dir / "curves.png")
+        if curves:
+            files["curves"] = str(curves)
+    return files
+
+
+def evaluate_checkpoint(checkpoint: Path, out_dir: Path, device: torch.device | None = None,
+                        eval_overrides: Config | None = None) -> tuple[dict[str, Any], str]:
+    """Everything the paper reports after training, for one checkpoint. Returns (metrics, table)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    started = time.perf_counter()
+    trained = load_trained(checkpoint, device)
+    cfg = eval_overrides or trained.cfg
+    ecfg = cfg.eval
+    data = build_data(trained.cfg.data, seed=trained.cfg.train.seed)
+    model = trained.method.embedding_model()
+    emb = embed_source(model, data.evaluate, trained.resolution, device, ecfg.batch_size, progress=True,
+                       desc="embed")
+    save_embeddings(out_dir, emb)
+    raw = raw_pixel_features(data.evaluate) if ecfg.baselines else None
+    result = evaluate_embeddings(emb.features, emb.labels, data.evaluate.num_classes, ecfg, raw_features=raw)
+    metrics = result.to_metrics()
+    probes: dict[str, float] = {}
+    train_emb, test_emb = probe_embeddings(model, data, emb, trained.resolution, device, ecfg.batch_size)
+    from nrcc_scale.cluster.knn import weighted_knn_accuracy
+
+    probes["knn_acc"] = weighted_knn_accuracy(train_emb.features, train_emb.labels, test_emb.features,
+                                              test_emb.labels, k=ecfg.knn_k, temperature=ecfg.knn_temperature,
+                                              num_classes=data.evaluate.num_classes)
+    if ecfg.linear_eval:
+        probes["linear_acc"] = linear_probe(train_emb.features, train_emb.labels, test_emb.features,
+                                            test_emb.labels, num_classes=data.evaluate.num_classes,
+                                            device=device).test_accuracy
+    metrics.update(probes)
+    metrics.update(method=trained.cfg.method.name, nrcc=trained.cfg.uses_nrcc, dataset=trained.cfg.data.dataset,
+                   backbone=trained.cfg.model.backbone, epochs=trained.epoch, checkpoint=str(checkpoint),
+                   evaluation_seconds=round(time.perf_counter() - started, 2))
+    title = (f"{trained.cfg.method.name}{'+NRCC' if trained.cfg.uses_nrcc else ''} on "
+             f"{trained.cfg.data.dataset}: UMAP {ecfg.n_components}-d + GridShift")
+    files = write_report(out_dir, result, emb.labels, metrics, trained.history, title, ecfg.plots)
+    metrics["files"] = files
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    table = format_table(result, {"kNN accuracy (k = %d)" % ecfg.knn_k: probes["knn_acc"],
+                                  **({"linear probe top-1": probes["linear_acc"]} if "linear_acc" in probes
+                                     else {})})
+    return metrics, table

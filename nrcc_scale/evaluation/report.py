@@ -1,0 +1,147 @@
+"""What a person looks at: the metrics table, the UMAP scatter (true class | found cluster), the confusion
+matrix, and the training curves (the paper's Figs. 1 and 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nrcc_scale.evaluation.pipeline import EvaluationResult
+
+MAX_SCATTER_POINTS = 50_000
+MAX_CONFUSION_CLASSES = 100
+
+
+def format_table(result: EvaluationResult, extra_rows: dict[str, float] | None = None) -> str:
+    rows = [result.main] + list(result.baselines.values())
+    width = max(len(r.name) for r in rows) + 2
+    head = f"{'':<{width}}{'NMI':>8}{'ACC':>8}{'ARI':>8}{'AMI':>8}{'clusters':>10}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        s = r.scores
+        lines.append(f"{r.name:<{width}}{s['nmi']:>8.4f}{s['acc']:>8.4f}{s['ari']:>8.4f}{s['ami']:>8.4f}"
+                     f"{s['num_clusters']:>10d}")
+    lines.append(f"(true classes: {result.main.scores['num_classes']}; GridShift bandwidth "
+                 f"{result.main.bandwidth:.4g}; global std {result.extra['global_std']:.4f}, "
+                 f"1/sqrt(d) = {1 / np.sqrt(result.extra['embedding_dim']):.4f})")
+    for key, value in (extra_rows or {}).items():
+        lines.append(f"{key}: {value:.4f}")
+    return "\n".join(lines)
+
+
+def _subsample_rows(n: int, limit: int, seed: int = 0) -> np.ndarray:
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def _colours(labels: np.ndarray):
+    import matplotlib
+
+    _, inverse = np.unique(labels, return_inverse=True)
+    k = inverse.max() + 1
+    cmap = matplotlib.colormaps["tab10" if k <= 10 else "tab20" if k <= 20 else "gist_ncar"]
+    return cmap(inverse % cmap.N if k <= 20 else inverse / max(k - 1, 1))
+
+
+def scatter_plot(reduced: np.ndarray, true_labels: np.ndarray, predicted: np.ndarray, path: Path,
+                 title: str) -> Path:
+    """Side by side: the reduced embedding coloured by true class and by found cluster."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _subsample_rows(len(reduced), MAX_SCATTER_POINTS)
+    pts = reduced[rows]
+    three_d = pts.shape[1] >= 3
+    fig = plt.figure(figsize=(13, 6))
+    panels = [(true_labels[rows], f"true class ({len(np.unique(true_labels))})"),
+              (predicted[rows], f"found cluster ({len(np.unique(predicted))})")]
+    size = 4 if len(pts) > 5000 else 8
+    for i, (labels, name) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, i + 1, projection="3d" if three_d else None)
+        if three_d:
+            ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], c=_colours(labels), s=size, linewidths=0,
+                       depthshade=False)
+            ax.view_init(elev=25, azim=45)
+        else:
+            ax.scatter(pts[:, 0], pts[:, 1], c=_colours(labels), s=size, linewidths=0)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if three_d:
+            ax.set_zticks([])
+    sub = "" if len(rows) == len(reduced) else f" ({len(rows):,} of {len(reduced):,} points shown)"
+    fig.suptitle(title + sub)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def confusion_plot(true_labels: np.ndarray, predicted: np.ndarray, path: Path) -> Path | None:
+    """Rows: true classes; columns: found clusters, ordered by their Hungarian match to the classes."""
+    from scipy.optimize import linear_sum_assignment
+
+    classes, y = np.unique(true_labels, return_inverse=True)
+    clusters, p = np.unique(predicted, return_inverse=True)
+    if len(classes) > MAX_CONFUSION_CLASSES:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = np.zeros((len(classes), len(clusters)), dtype=np.int64)
+    np.add.at(table, (y, p), 1)
+    row, col = linear_sum_assignment(-table)
+    matched = list(col[np.argsort(row)])
+    rest = [c for c in np.argsort(-table.sum(0)) if c not in set(matched)]
+    order = matched + rest[:max(0, 2 * len(classes) - len(matched))]  # at most 2x as many columns as rows
+    shown = table[:, order]
+    fig, ax = plt.subplots(figsize=(min(16, 2 + 0.45 * len(order)), min(14, 2 + 0.45 * len(classes))))
+    ax.imshow(shown / np.maximum(shown.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+    if len(classes) <= 30:
+        for i in range(shown.shape[0]):
+            for j in range(shown.shape[1]):
+                if shown[i, j]:
+                    ax.text(j, i, str(shown[i, j]), ha="center", va="center", fontsize=7)
+    ax.set_xlabel(f"found cluster (matched first; {len(clusters)} found)")
+    ax.set_ylabel("true class")
+    ax.set_yticks(range(len(classes)), [str(c) for c in classes])
+    ax.set_xticks(range(len(order)), [str(clusters[c]) for c in order], rotation=90)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curves_plot(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """Loss, kNN accuracy, global std and clustering ACC over epochs (the paper's Fig. 4)."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("loss", "training loss"), ("knn_acc", "kNN accuracy"), ("global_std", "global std"),
+              ("monitor_acc", "clustering ACC (UMAP + GridShift)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (key, name) in zip(axes, panels, strict=True):
+        pts = [(h["epoch"], h[key]) for h in history if key in h]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker="o" if len(pts) < 30 else None)
+        if key == "global_std" and history and "embedding_dim" in history[-1]:
+            ax.axhline(1 / np.sqrt(history[-1]["embedding_dim"]), ls="--", c="grey", lw=1)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

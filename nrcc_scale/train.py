@@ -1,0 +1,130 @@
+"""``python -m nrcc_scale.train`` — train on Ray Train, then evaluate and report, in one command.
+
+    python -m nrcc_scale.train                                    # the bundled default (digits, BYOL+NRCC)
+    python -m nrcc_scale.train --config configs/cifar10.yaml train.num_workers=8 train.use_gpu=true
+    ray job submit --working-dir . -- python -m nrcc_scale.train  # on a running cluster
+    python -m nrcc_scale.train --no-ray                           # same loop in this process (debugger, 1 GPU)
+
+With no ``ray.address`` and no ``RAY_ADDRESS`` a local Ray is started on 127.0.0.1. Checkpoints go through
+Ray Train to ``storage_path/name``; the report (config.yaml, metrics.json, plots) is written to the same
+folder when it is local. The last line printed is ``run directory: <path>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nrcc_scale.cli import add_config_arguments, config_from_args, run_main
+from nrcc_scale.config import Config, save_config
+from nrcc_scale.engine.checkpoint import find_latest_checkpoint
+from nrcc_scale.engine.context import LocalContext, RayContext
+from nrcc_scale.engine.loop import train_worker
+from nrcc_scale.utils.files import atomic_write_json
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def resolve_run_dir(cfg: Config) -> tuple[str, Path]:
+    """(storage path as Ray gets it, local folder for the report). For a cloud URI the report is written
+    to ~/nrcc_scale_runs/<name> (and the checkpoints stay in the cloud)."""
+    if is_uri(cfg.storage_path):
+        return cfg.storage_path, Path("~/nrcc_scale_runs").expanduser() / cfg.name
+    storage = Path(cfg.storage_path).expanduser().resolve()
+    return str(storage), storage / cfg.name
+
+
+def ray_train_loop(config: dict[str, Any]) -> None:
+    """What every Ray Train worker runs."""
+    run_dir = Path(config["run_dir"]) if config.get("run_dir") else None
+    train_worker(config["config"], RayContext(run_dir))
+
+
+def train_with_ray(cfg: Config, storage: str, run_dir: Path) -> Path:
+    """Fit a TorchTrainer; return a local folder holding the final checkpoint."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from nrcc_scale.ray_setup import cluster_has_gpus, init_ray
+
+    print(init_ray(cfg.ray), flush=True)
+    use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else cluster_has_gpus()
+    trainer = TorchTrainer(
+        ray_train_loop,
+        train_loop_config={"config": cfg.to_dict(), "run_dir": None if is_uri(storage) else str(run_dir)},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=cfg.name, storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint in {storage}/{cfg.name}")
+    if is_uri(storage):
+        local = Path(tempfile.mkdtemp(prefix="nrcc-final-"))
+        result.checkpoint.to_directory(str(local))
+        return local
+    return Path(result.checkpoint.path)
+
+
+def train_in_process(cfg: Config, run_dir: Path) -> Path:
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.use_gpu is not False else "cpu")
+    train_worker(cfg.to_dict(), LocalContext(run_dir, device, keep=cfg.train.keep_checkpoints))
+    checkpoint = find_latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint in {run_dir}")
+    return checkpoint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m nrcc_scale.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--no-ray", action="store_true", help="run the training loop in this process")
+    parser.add_argument("--no-eval", action="store_true", help="train only; skip the clustering evaluation")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    cfg.name = cfg.name or cfg.default_name()
+    storage, run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    print(f"run {cfg.name}: config saved to {run_dir / 'config.yaml'}", flush=True)
+
+    started = time.perf_counter()
+    checkpoint = train_in_process(cfg, run_dir) if args.no_ray else train_with_ray(cfg, storage, run_dir)
+    train_seconds = time.perf_counter() - started
+    print(f"training done in {train_seconds:.1f} s; final checkpoint {checkpoint}", flush=True)
+
+    if cfg.eval.enabled and not args.no_eval:
+        from nrcc_scale.evaluation.checkpoint_eval import evaluate_checkpoint
+
+        metrics, table = evaluate_checkpoint(checkpoint, run_dir)
+        metrics["train_seconds"] = round(train_seconds, 2)
+        metrics["total_seconds"] = round(time.perf_counter() - started, 2)
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        print()
+        print(table)
+        print(f"wall time: training {train_seconds:.1f} s, total {metrics['total_seconds']:.1f} s")
+    print(f"run directory: {run_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
