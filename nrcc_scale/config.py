@@ -361,7 +361,12 @@ def load_config(
             _apply_mapping(cfg, data, "")
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
-    for text in overrides or []:
+    return apply_overrides(cfg, list(overrides or []), validate)
+
+
+def apply_overrides(cfg: Config, overrides: list[str], validate: bool = True) -> Config:
+    """Apply ``key=value`` overrides to an existing config (e.g. one read from a checkpoint)."""
+    for text in overrides:
         key, value = parse_override(text)
         _apply_mapping(cfg, _nest(key, value), "")
     if validate:

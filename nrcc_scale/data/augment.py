@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from nrcc_scale.config import AugmentConfig
 
-_GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, with torchvision's rounding of 0.299
 
 
 class SpatialAugment:

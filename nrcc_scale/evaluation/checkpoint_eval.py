@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nrcc_scale.config import Config, config_from_dict
+from nrcc_scale.config import Config, EvalConfig, apply_overrides, config_from_dict
 from nrcc_scale.data.base import DataBundle, SubsetSource, raw_pixel_features
 from nrcc_scale.data.registry import build_data
 from nrcc_scale.engine.checkpoint import read_state
@@ -91,42 +91,68 @@ def write_report(out_dir: Path, result: EvaluationResult, labels: np.ndarray, me
 
 
 def evaluate_checkpoint(checkpoint: Path, out_dir: Path, device: torch.device | None = None,
-                        eval_overrides: Config | None = None) -> tuple[dict[str, Any], str]:
-    """Everything the paper reports after training, for one checkpoint. Returns (metrics, table)."""
+                        overrides: list[str] | None = None, embeddings: Embeddings | None = None
+                        ) -> tuple[dict[str, Any], str]:
+    """Everything the paper reports after training, for one checkpoint. Returns (metrics, table).
+
+    ``overrides`` (``eval.*=value``) change how the evaluation runs; ``embeddings`` skips the embedding
+    stage (e.g. when Ray tasks already embedded the set, :mod:`nrcc_scale.evaluation.parallel_embed`).
+    """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     trained = load_trained(checkpoint, device)
-    cfg = eval_overrides or trained.cfg
+    cfg = apply_overrides(trained.cfg, list(overrides or []))
     ecfg = cfg.eval
-    data = build_data(trained.cfg.data, seed=trained.cfg.train.seed)
+    data = build_data(cfg.data, seed=cfg.train.seed)
     model = trained.method.embedding_model()
-    emb = embed_source(model, data.evaluate, trained.resolution, device, ecfg.batch_size, progress=True,
-                       desc="embed")
+    emb = embeddings or embed_source(model, data.evaluate, trained.resolution, device, ecfg.batch_size,
+                                     progress=True, desc="embed")
     save_embeddings(out_dir, emb)
     raw = raw_pixel_features(data.evaluate) if ecfg.baselines else None
     result = evaluate_embeddings(emb.features, emb.labels, data.evaluate.num_classes, ecfg, raw_features=raw)
     metrics = result.to_metrics()
-    probes: dict[str, float] = {}
     train_emb, test_emb = probe_embeddings(model, data, emb, trained.resolution, device, ecfg.batch_size)
+    probes = probe_scores(train_emb, test_emb, data.evaluate.num_classes, ecfg, device)
+    metrics.update(probes)
+    metrics.update(method=cfg.method.name, nrcc=cfg.uses_nrcc, dataset=cfg.data.dataset,
+                   backbone=cfg.model.backbone, epochs=trained.epoch, checkpoint=str(checkpoint),
+                   evaluation_seconds=round(time.perf_counter() - started, 2))
+    title = (f"{cfg.method.name}{'+NRCC' if cfg.uses_nrcc else ''} on {cfg.data.dataset}: "
+             f"UMAP {ecfg.n_components}-d + GridShift")
+    metrics["files"] = write_report(out_dir, result, emb.labels, metrics, trained.history, title, ecfg.plots)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics, format_table(result, probe_rows(probes, ecfg))
+
+
+def probe_scores(train: Embeddings, test: Embeddings, num_classes: int, ecfg: EvalConfig,
+                 device: torch.device) -> dict[str, float]:
+    """kNN accuracy (the training monitor's protocol) and, if configured, the linear probe's top-1."""
     from nrcc_scale.cluster.knn import weighted_knn_accuracy
 
-    probes["knn_acc"] = weighted_knn_accuracy(train_emb.features, train_emb.labels, test_emb.features,
-                                              test_emb.labels, k=ecfg.knn_k, temperature=ecfg.knn_temperature,
-                                              num_classes=data.evaluate.num_classes)
+    out = {"knn_acc": weighted_knn_accuracy(train.features, train.labels, test.features, test.labels,
+                                            k=ecfg.knn_k, temperature=ecfg.knn_temperature,
+                                            num_classes=num_classes)}
     if ecfg.linear_eval:
-        probes["linear_acc"] = linear_probe(train_emb.features, train_emb.labels, test_emb.features,
-                                            test_emb.labels, num_classes=data.evaluate.num_classes,
-                                            device=device).test_accuracy
-    metrics.update(probes)
-    metrics.update(method=trained.cfg.method.name, nrcc=trained.cfg.uses_nrcc, dataset=trained.cfg.data.dataset,
-                   backbone=trained.cfg.model.backbone, epochs=trained.epoch, checkpoint=str(checkpoint),
-                   evaluation_seconds=round(time.perf_counter() - started, 2))
-    title = (f"{trained.cfg.method.name}{'+NRCC' if trained.cfg.uses_nrcc else ''} on "
-             f"{trained.cfg.data.dataset}: UMAP {ecfg.n_components}-d + GridShift")
-    files = write_report(out_dir, result, emb.labels, metrics, trained.history, title, ecfg.plots)
-    metrics["files"] = files
+        out["linear_acc"] = linear_probe(train.features, train.labels, test.features, test.labels,
+                                         num_classes=num_classes, device=device).test_accuracy
+    return out
+
+
+def probe_rows(probes: dict[str, float], ecfg: EvalConfig) -> dict[str, float]:
+    rows = {f"kNN accuracy (k = {ecfg.knn_k})": probes["knn_acc"]}
+    if "linear_acc" in probes:
+        rows["linear probe top-1"] = probes["linear_acc"]
+    return rows
+
+
+def evaluate_arrays(features: np.ndarray, labels: np.ndarray, out_dir: Path, ecfg: EvalConfig,
+                    title: str = "embeddings: UMAP + GridShift") -> tuple[dict[str, Any], str]:
+    """The clustering evaluation of any embedding matrix (no model, no images: no raw-pixel baseline)."""
+    started = time.perf_counter()
+    num_classes = len(np.unique(labels))
+    result = evaluate_embeddings(features, labels, num_classes, ecfg)
+    metrics = result.to_metrics()
+    metrics["evaluation_seconds"] = round(time.perf_counter() - started, 2)
+    metrics["files"] = write_report(out_dir, result, labels, metrics, [], title, ecfg.plots)
     atomic_write_json(out_dir / "metrics.json", metrics)
-    table = format_table(result, {"kNN accuracy (k = %d)" % ecfg.knn_k: probes["knn_acc"],
-                                  **({"linear probe top-1": probes["linear_acc"]} if "linear_acc" in probes
-                                     else {})})
-    return metrics, table
+    return metrics, format_table(result)
