@@ -82,6 +82,8 @@ class DataConfig:
     beton: str = ""  # path of an FFCV .beton written by `python -m nrcc_scale.data prepare`
     loader_workers: int = 0  # data-loading processes per training worker
     on_bad_file: str = "fail"  # fail | skip: what to do with unreadable or corrupt images
+    verify_files: str = "auto"  # auto | none | header | decode: how image-folder files are checked when indexed
+    use_unlabeled: bool = False  # STL-10: add the 100,000 unlabelled images to the training split
     imbalance_ratio: float = 10.0  # long-tailed sets (cifar10_lt, cifar20_lt): largest / smallest class
     holdout_fraction: float = 0.2  # held-out split for data sets without a test split (digits, folders)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -174,7 +176,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | off | bf16 | fp16
     checkpoint_every: int = 10  # epochs
     keep_checkpoints: int = 2
-    monitor_every: int = 0  # epochs between kNN / std / clustering monitors; 0 = only at the end
+    monitor_every: int = 0  # epochs between kNN / std / clustering monitors; 0 = only at the end, -1 = never
     max_failures: int = 0  # Ray Train FailureConfig: restarts from the last checkpoint
     log_every: int = 10  # steps
     seed: int = 0
@@ -420,6 +422,7 @@ def validate_config(cfg: Config) -> None:
     _choice("data.dataset", d.dataset, DATASETS)
     _choice("data.loader", d.loader, ("auto", "torchvision", "ffcv"))
     _choice("data.on_bad_file", d.on_bad_file, ("fail", "skip"))
+    _choice("data.verify_files", d.verify_files, ("auto", "none", "header", "decode"))
     _range("data.resolution", d.resolution, 0)
     _range("data.loader_workers", d.loader_workers, 0)
     _range("data.imbalance_ratio", d.imbalance_ratio, 1.0)
@@ -494,7 +497,7 @@ def validate_config(cfg: Config) -> None:
     _choice("train.amp", t.amp, ("auto", "off", "bf16", "fp16"))
     _range("train.checkpoint_every", t.checkpoint_every, 1)
     _range("train.keep_checkpoints", t.keep_checkpoints, 1)
-    _range("train.monitor_every", t.monitor_every, 0)
+    _range("train.monitor_every", t.monitor_every, -1)
     _range("train.max_failures", t.max_failures, -1)
     _range("train.log_every", t.log_every, 1)
 

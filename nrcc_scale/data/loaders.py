@@ -55,7 +55,8 @@ def build_train_loader(cfg: DataConfig, source: ImageSource, resolution: int, nu
     if use_ffcv(cfg):
         from nrcc_scale.data.ffcv_loader import FFCVTrainLoader
 
-        return FFCVTrainLoader(cfg, resolution, num_views, batch_size, rank, world_size, seed, device)
+        return FFCVTrainLoader(cfg, resolution, num_views, batch_size, rank, world_size, seed, device,
+                               expected_samples=len(source))
     spatial = SpatialAugment(resolution, (aug.crop_scale_min, aug.crop_scale_max), aug.flip_p)
     dataset = MultiViewDataset(source, spatial, num_views=num_views, seed=seed)
     return EpochLoader(dataset, batch_size, rank, world_size, seed=seed, num_workers=cfg.loader_workers,

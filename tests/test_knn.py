@@ -1,0 +1,274 @@
+"""faiss kNN search/graph (nrcc_scale.cluster.knn): exactness against numpy, IVF recall, chunking, self
+exclusion with duplicates, the GPU planning rules, the scikit-learn fallback and the weighted kNN monitor."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_blobs
+
+from nrcc_scale.cluster import backends
+from nrcc_scale.cluster.knn import (
+    GPU_MAX_K,
+    default_nlist,
+    default_nprobe,
+    knn_graph,
+    knn_search,
+    l2_normalize,
+    plan_search,
+    weighted_knn_accuracy,
+)
+
+needs_faiss_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and backends.faiss_gpu_available()),
+                                     reason="needs CUDA and a faiss GPU build")
+
+
+def _random(n: int, d: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+def _brute(db: np.ndarray, q: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: full distance matrix in float64, stable argsort."""
+    db64, q64 = db.astype(np.float64), q.astype(np.float64)
+    if metric == "cosine":
+        db64 /= np.linalg.norm(db64, axis=1, keepdims=True)
+        q64 /= np.linalg.norm(q64, axis=1, keepdims=True)
+        dist = 1.0 - q64 @ db64.T
+    else:
+        dist = np.sqrt(np.maximum(((q64[:, None, :] - db64[None, :, :]) ** 2).sum(-1), 0.0))
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(dist, order, axis=1)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings():
+    backends._warned.clear()
+    yield
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_exact_search_equals_numpy(metric):
+    db, q = _random(400, 24, 0), _random(60, 24, 1)
+    res = knn_search(db, q, 7, metric=metric, use_gpu=False)
+    ref_idx, ref_dist = _brute(db, q, 7, metric)
+    assert res.backend == "faiss-cpu exact"
+    assert res.indices.dtype == np.int64 and res.distances.dtype == np.float32
+    np.testing.assert_array_equal(res.indices, ref_idx)
+    np.testing.assert_allclose(res.distances, ref_dist, atol=2e-5)
+    if metric == "cosine":
+        np.testing.assert_allclose(res.similarities, 1.0 - ref_dist, atol=2e-5)
+    else:
+        assert res.similarities is None
+
+
+def test_inputs_are_not_modified_and_any_dtype_layout_works():
+    db = np.asfortranarray(_random(200, 16, 2).astype(np.float64) * 3.0)
+    before = db.copy()
+    res = knn_search(db, db[:10], 3)
+    np.testing.assert_array_equal(db, before)
+    np.testing.assert_array_equal(res.indices[:, 0], np.arange(10))
+
+
+def test_chunking_gives_identical_results():
+    db = _random(1000, 32, 3)
+    whole = knn_search(db, None, 9)
+    for chunk in (64, 333):
+        chunked = knn_search(db, None, 9, chunk_size=chunk)
+        np.testing.assert_array_equal(chunked.indices, whole.indices)
+        np.testing.assert_array_equal(chunked.distances, whole.distances)
+
+
+def test_exclude_self_with_duplicates():
+    base = _random(300, 12, 4)
+    # row 0 has 2 copies (fewer than k), row 1 has 8 copies (more than k+1: self may be pushed out)
+    x = np.vstack([base, base[[0, 0]], np.repeat(base[[1]], 8, axis=0)])
+    k = 4
+    res = knn_search(x, None, k, exclude_self=True)
+    n = x.shape[0]
+    assert res.indices.shape == (n, k)
+    assert not (res.indices == np.arange(n)[:, None]).any()
+    dist = 1.0 - l2_normalize(x).astype(np.float64) @ l2_normalize(x).astype(np.float64).T
+    np.fill_diagonal(dist, np.inf)
+    np.testing.assert_allclose(res.distances, np.sort(dist, axis=1)[:, :k], atol=2e-5)
+    copies_of_0 = {0, 300, 301}
+    for i in copies_of_0:
+        assert set(res.indices[i, :2]) == copies_of_0 - {i}
+    copies_of_1 = {1, *range(302, 310)}
+    for i in copies_of_1:
+        assert set(res.indices[i]) <= copies_of_1 - {i}
+        np.testing.assert_allclose(res.distances[i], 0.0, atol=1e-6)
+
+
+def test_knn_graph_has_self_first_then_nearest_others():
+    x = np.vstack([_random(150, 8, 5), _random(150, 8, 5)[:20]])  # 20 exact duplicates
+    graph = knn_graph(x, 6)
+    n = x.shape[0]
+    np.testing.assert_array_equal(graph.indices[:, 0], np.arange(n))
+    np.testing.assert_array_equal(graph.distances[:, 0], 0.0)
+    np.testing.assert_array_equal(graph.similarities[:, 0], 1.0)
+    others = knn_search(x, None, 5, exclude_self=True)
+    np.testing.assert_array_equal(graph.indices[:, 1:], others.indices)
+    assert (np.diff(graph.distances, axis=1) >= 0).all()
+    euclid = knn_graph(x, 4, metric="euclidean")
+    assert euclid.metric == "euclidean" and euclid.similarities is None
+    np.testing.assert_array_equal(euclid.indices[:, 0], np.arange(n))
+
+
+def _clustered(n: int, seed: int) -> np.ndarray:
+    x, _ = make_blobs(n_samples=n, n_features=32, centers=40, cluster_std=1.0, center_box=(-10, 10),
+                      random_state=seed)
+    return x.astype(np.float32)
+
+
+def test_ivf_recall_above_exact_limit():
+    x = _clustered(6000, 6)
+    exact = knn_search(x, None, 10, exclude_self=True, use_gpu=False)
+    approx = knn_search(x, None, 10, exclude_self=True, exact_limit=1000, use_gpu=False)
+    assert exact.backend == "faiss-cpu exact" and approx.backend == "faiss-cpu ivf"
+    hits = [len(set(a) & set(e)) for a, e in zip(approx.indices, exact.indices, strict=True)]
+    recall = float(np.mean(hits)) / 10
+    assert recall >= 0.95, recall
+    assert (approx.indices >= 0).all()
+
+
+def test_ivf_rows_with_too_few_hits_are_searched_again():
+    x = _clustered(2000, 7)
+    nlist = default_nlist(x.shape[0])  # 51 lists of ~39 points: one probed list cannot hold 500 neighbours
+    res = knn_search(x, None, 500, exact_limit=100, nprobe=1, use_gpu=False)
+    exact = knn_search(x, None, 500)
+    assert nlist == 2000 // 39 and res.backend == "faiss-cpu ivf"
+    assert (res.indices >= 0).all()
+    np.testing.assert_allclose(res.distances, exact.distances, atol=1e-5)
+
+
+def test_ivf_is_deterministic_for_a_seed():
+    x = _clustered(3000, 8)
+    a = knn_search(x, None, 5, exact_limit=100, nprobe=2, seed=3)
+    b = knn_search(x, None, 5, exact_limit=100, nprobe=2, seed=3)
+    np.testing.assert_array_equal(a.indices, b.indices)
+
+
+def test_plan_rules():
+    exact = plan_search(1000, 10, exact_limit=1000)
+    assert (exact.library, exact.device, exact.index) == ("faiss", "cpu", "exact")
+    ivf = plan_search(1_000_000, 11, exact_limit=200_000)
+    assert ivf.index == "ivf" and ivf.nlist == 4000 and ivf.nprobe == default_nprobe(4000) == 64
+    assert ivf.train_size == 64 * 4000 and ivf.backend == "faiss-cpu ivf"
+    assert plan_search(1000, 5, nprobe=10_000, exact_limit=10).nprobe == default_nlist(1000)
+    # faiss-GPU selects at most 2048 neighbours: a larger k moves that search to the CPU, and says so
+    gpu_ok = plan_search(10_000, GPU_MAX_K, gpu=True)
+    assert gpu_ok.device == "gpu" and gpu_ok.notes == () and gpu_ok.backend == "faiss-gpu exact"
+    too_many = plan_search(10_000, GPU_MAX_K + 1, gpu=True)
+    assert too_many.device == "cpu" and "2048" in too_many.notes[0]
+    big_ivf = plan_search(1_000_000, GPU_MAX_K + 1, exact_limit=10, gpu=True)
+    assert (big_ivf.device, big_ivf.index) == ("cpu", "ivf")
+    capped = plan_search(10**8, 10, gpu=True, nprobe=5000)
+    assert capped.device == "gpu" and capped.nprobe == GPU_MAX_K and capped.notes
+    fallback = plan_search(10**6, 10, faiss=False)
+    assert fallback.backend == "sklearn" and fallback.index == "exact" and fallback.notes
+    with pytest.raises(ValueError, match="nprobe"):
+        plan_search(10**6, 10, nprobe=0)
+
+
+def test_sklearn_fallback_matches_faiss(monkeypatch, caplog):
+    db, q = _random(300, 16, 9), _random(40, 16, 10)
+    with_faiss = {m: knn_search(db, q, 5, metric=m) for m in ("cosine", "euclidean")}
+    with_graph = knn_search(db, None, 5, exclude_self=True)
+    monkeypatch.setattr(backends, "faiss_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="nrcc_scale.cluster"):
+        for metric, ref in with_faiss.items():
+            res = knn_search(db, q, 5, metric=metric)
+            assert res.backend == "sklearn"
+            np.testing.assert_array_equal(res.indices, ref.indices)
+            np.testing.assert_allclose(res.distances, ref.distances, atol=1e-5)
+        graph = knn_search(db, None, 5, exclude_self=True)
+    np.testing.assert_array_equal(graph.indices, with_graph.indices)
+    # one line, not one per call
+    assert sum("faiss is not installed" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.skipif(backends.faiss_gpu_available(), reason="faiss has a GPU here")
+def test_explicit_gpu_request_without_gpu_raises_one_clear_error():
+    with pytest.raises(backends.BackendUnavailableError, match=r"use_gpu=True but .*None \(auto\)"):
+        knn_search(_random(50, 4, 11), None, 3, use_gpu=True)
+    assert knn_search(_random(50, 4, 11), None, 3).backend == "faiss-cpu exact"  # auto falls back
+
+
+def test_invalid_inputs_are_rejected():
+    x = _random(20, 4, 12)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        knn_search(bad, None, 3)
+    with pytest.raises(ValueError, match="k=20 needs at least 21"):
+        knn_search(x, None, 20, exclude_self=True)
+    with pytest.raises(ValueError, match="exclude_self"):
+        knn_search(x, x, 3, exclude_self=True)
+    with pytest.raises(ValueError, match="metric"):
+        knn_search(x, None, 3, metric="manhattan")
+    with pytest.raises(ValueError, match="dimensions"):
+        knn_search(x, x[:, :3], 3)
+    with pytest.raises(ValueError, match="n_neighbors=21"):
+        knn_graph(x, 21)
+
+
+def test_zero_rows_do_not_produce_nan_under_cosine():
+    x = _random(30, 5, 13)
+    x[4] = 0.0
+    res = knn_search(x, None, 3, exclude_self=True)
+    assert np.isfinite(res.distances).all()
+
+
+def _weighted_knn_loop(train, y_train, test, y_test, k, temperature, num_classes):
+    """Reference: the InstDisc / NRCC monitor, one test sample at a time."""
+    train_n = train / np.linalg.norm(train, axis=1, keepdims=True)
+    test_n = test / np.linalg.norm(test, axis=1, keepdims=True)
+    correct = 0
+    for feature, label in zip(test_n, y_test, strict=True):
+        sims = train_n @ feature
+        top = np.argsort(-sims, kind="stable")[:k]
+        votes = np.zeros(num_classes)
+        for j in top:
+            votes[y_train[j]] += np.exp(sims[j] / temperature)
+        correct += int(np.argmax(votes) == label)
+    return correct / len(y_test)
+
+
+@pytest.mark.parametrize("temperature", [0.07, 0.5])
+def test_weighted_knn_accuracy_matches_loop(temperature):
+    x, y = make_blobs(n_samples=700, n_features=16, centers=6, cluster_std=4.0, center_box=(-3, 3),
+                      random_state=14)
+    train, test, y_train, y_test = x[:500], x[500:], y[:500], y[500:]
+    ours = weighted_knn_accuracy(train, y_train, test, y_test, k=20, temperature=temperature, num_classes=6)
+    ref = _weighted_knn_loop(train, y_train, test, y_test, 20, temperature, 6)
+    assert ours == pytest.approx(ref, abs=1e-12)
+    assert 0.2 < ours < 1.0  # the data are overlapping blobs: neither trivial nor hopeless
+
+
+def test_weighted_knn_small_temperature_is_one_nn_without_overflow():
+    x, y = make_blobs(n_samples=400, n_features=8, centers=5, cluster_std=5.0, random_state=15)
+    train, test, y_train, y_test = x[:300], x[300:], y[:300], y[300:]
+    nearest = knn_search(train, test, 1).indices[:, 0]
+    one_nn = float(np.mean(y_train[nearest] == y_test))
+    sharp = weighted_knn_accuracy(train, y_train, test, y_test, k=20, temperature=1e-5)
+    assert sharp == pytest.approx(one_nn)
+    with pytest.raises(ValueError, match="temperature"):
+        weighted_knn_accuracy(train, y_train, test, y_test, temperature=0.0)
+
+
+@needs_faiss_gpu
+@pytest.mark.gpu
+def test_gpu_search_matches_cpu_and_large_k_falls_back():
+    db = _random(5000, 64, 16)
+    cpu = knn_search(db, None, 10, use_gpu=False)
+    gpu = knn_search(db, None, 10, use_gpu=True)
+    assert gpu.backend == "faiss-gpu exact"
+    assert np.mean(gpu.indices == cpu.indices) > 0.99
+    np.testing.assert_allclose(gpu.distances, cpu.distances, atol=1e-4)
+    ivf = knn_search(db, None, 10, use_gpu=True, exact_limit=1000)
+    assert ivf.backend == "faiss-gpu ivf"
+    big = knn_search(db, db[:50], GPU_MAX_K + 10, use_gpu=True)
+    assert big.backend == "faiss-cpu exact" and big.indices.shape == (50, GPU_MAX_K + 10)
