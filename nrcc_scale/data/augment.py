@@ -109,29 +109,25 @@ def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
 
 
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """Rotate the hue by ``shift`` (fraction of a turn, in [-0.5, 0.5]) in HSV space."""
+    """Rotate the hue by ``shift`` (fraction of a turn, in [-0.5, 0.5]) in HSV space.
+
+    A hue rotation keeps each pixel's max and min channel (V and V(1 - S)), so only the hue is computed
+    and the closed form HSV -> RGB, c = V - (V - min) * clamp(min(k_c, 4 - k_c), 0, 1) with
+    k_c = (n_c + 6 h) mod 6 and n = (5, 3, 1) for (R, G, B), gives the result without a 6-way selection.
+    """
     r, g, b = x.unbind(dim=1)
     maxc, _ = x.max(dim=1)
     minc, _ = x.min(dim=1)
     delta = maxc - minc
-    v = maxc
-    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
-    safe = delta.clamp_min(1e-12)
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    h = (h + shift.view(-1, 1, 1)) % 1.0
-    # HSV -> RGB
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    i = i.long() % 6
-    choices_r = torch.stack([v, q, p, p, t, v], dim=1)
-    choices_g = torch.stack([t, v, v, q, p, p], dim=1)
-    choices_b = torch.stack([p, p, t, v, v, q], dim=1)
-    idx = i.unsqueeze(1)
-    out = torch.stack([choices_r.gather(1, idx)[:, 0], choices_g.gather(1, idx)[:, 0],
-                       choices_b.gather(1, idx)[:, 0]], dim=1)
+    inv = 1.0 / delta.clamp_min(1e-12)
+    # hue in sextants (0..6): which channel is the max decides the formula
+    h = torch.where(maxc == r, (g - b) * inv, torch.where(maxc == g, 2.0 + (b - r) * inv, 4.0 + (r - g) * inv))
+    h = torch.where(delta > 0, h, torch.zeros_like(h)) + 6.0 * shift.view(-1, 1, 1)
+    out = torch.empty_like(x)
+    for channel, n in enumerate((5.0, 3.0, 1.0)):
+        k = torch.remainder(h + n, 6.0)
+        weight = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+        out[:, channel] = maxc - delta * weight
     return out.clamp_(0, 1)
 
 

@@ -64,9 +64,11 @@ def reduce_and_gridshift(features: np.ndarray, labels: np.ndarray, cfg: EvalConf
     metric = metric or cfg.metric
     backends: dict[str, str] = {}
     seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    knn = knn_graph(features, cfg.n_neighbors, metric=metric)
-    backends["knn"], seconds["knn"] = knn.backend, time.perf_counter() - t0
+    knn = None
+    if cfg.reducer == "umap":  # UMAP takes the faiss graph; t-SNE computes its own affinities
+        t0 = time.perf_counter()
+        knn = knn_graph(features, cfg.n_neighbors, metric=metric)
+        backends["knn"], seconds["knn"] = knn.backend, time.perf_counter() - t0
     reduced = reduce_dimension(features, method=cfg.reducer, n_components=cfg.n_components,
                                n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, metric=metric,
                                backend=cfg.umap_backend, seed=cfg.seed, knn=knn)
