@@ -301,7 +301,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
 
 
-def _apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str) -> None:
+def apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str = "") -> None:
     """Write a (possibly nested) mapping into a dataclass instance, checking keys and types."""
     if not isinstance(mapping, dict):
         where = prefix.rstrip(".") or "config"
@@ -314,7 +314,7 @@ def _apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str) -> None:
             raise ConfigError(f"unknown key '{path}': allowed here are {allowed}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
-            _apply_mapping(current, value, f"{path}.")
+            apply_mapping(current, value, f"{path}.")
         else:
             setattr(obj, key, _coerce(path, value, hints[key]))
 
@@ -362,7 +362,7 @@ def load_config(
     for path in files or []:
         data = read_yaml(path)
         try:
-            _apply_mapping(cfg, data, "")
+            apply_mapping(cfg, data, "")
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
     return apply_overrides(cfg, list(overrides or []), validate)
@@ -372,7 +372,7 @@ def apply_overrides(cfg: Config, overrides: list[str], validate: bool = True) ->
     """Apply ``key=value`` overrides to an existing config (e.g. one read from a checkpoint)."""
     for text in overrides:
         key, value = parse_override(text)
-        _apply_mapping(cfg, _nest(key, value), "")
+        apply_mapping(cfg, _nest(key, value), "")
     if validate:
         validate_config(cfg)
     return cfg
@@ -380,7 +380,7 @@ def apply_overrides(cfg: Config, overrides: list[str], validate: bool = True) ->
 
 def config_from_dict(data: dict[str, Any], validate: bool = True) -> Config:
     cfg = Config()
-    _apply_mapping(cfg, data, "")
+    apply_mapping(cfg, data, "")
     if validate:
         validate_config(cfg)
     return cfg

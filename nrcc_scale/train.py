@@ -6,8 +6,15 @@
     python -m nrcc_scale.train --no-ray                           # same loop in this process (debugger, 1 GPU)
 
 With no ``ray.address`` and no ``RAY_ADDRESS`` a local Ray is started on 127.0.0.1. Checkpoints go through
-Ray Train to ``storage_path/name``; the report (config.yaml, metrics.json, plots) is written to the same
-folder when it is local. The last line printed is ``run directory: <path>``.
+Ray Train to ``storage_path/name``; the report (config.yaml, metrics.json, plots, TensorBoard events) is
+written to the same folder when it is local. The last line printed is ``run directory: <path>``.
+
+Resuming: run the same command with the same ``name=`` (and ``storage_path``) again, after a crash, a
+killed driver or a lost head node. Ray Train V2 finds the run's ``checkpoint_manager_snapshot.json`` in
+``storage_path/name`` and hands the latest registered checkpoint to the workers, which continue from the
+epoch after it (printing ``resumed from ... at epoch N``); ``--no-ray`` does the same from
+``<run dir>/checkpoints``. The default name has a timestamp, so give ``name=`` for runs you may resume.
+Worker failures inside one run are retried ``train.max_failures`` times from the latest checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ from nrcc_scale.engine.context import LocalContext, RayContext
 from nrcc_scale.engine.loop import train_worker
 from nrcc_scale.utils.files import atomic_write_json
 
+#: The file in ``storage_path/name`` from which Ray Train V2 (2.60) restores a run's checkpoint list when a
+#: run of the same name is started again (``CHECKPOINT_MANAGER_SNAPSHOT_FILENAME`` in its internals).
+RAY_RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
 
 def is_uri(path: str) -> bool:
     return "://" in path
@@ -49,30 +60,48 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     train_worker(config["config"], RayContext(run_dir))
 
 
-def train_with_ray(cfg: Config, storage: str, run_dir: Path) -> Path:
-    """Fit a TorchTrainer; return a local folder holding the final checkpoint."""
+def build_trainer(cfg: Config, storage: str, run_dir: Path, callbacks: Sequence[Any] = ()) -> Any:
+    """The TorchTrainer of one run (``python -m nrcc_scale.train`` and every trial of ``nrcc_scale.tune``).
+    ``callbacks`` are Ray Train ``UserCallback``s, e.g. Tune's report callback in a sweep."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from nrcc_scale.ray_setup import cluster_has_gpus, init_ray
+    from nrcc_scale.ray_setup import cluster_has_gpus
 
-    print(init_ray(cfg.ray), flush=True)
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else cluster_has_gpus()
-    trainer = TorchTrainer(
+    return TorchTrainer(
         ray_train_loop,
         train_loop_config={"config": cfg.to_dict(), "run_dir": None if is_uri(storage) else str(run_dir)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=storage,
+            name=cfg.name, storage_path=storage, callbacks=list(callbacks),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures)),
     )
+
+
+def earlier_run_note(storage: str, name: str) -> str | None:
+    """A line saying that Ray Train will resume an earlier run of this name, when storage is local."""
+    if is_uri(storage):
+        return None  # Ray logs "A run snapshot was found in storage folder" itself
+    if not (Path(storage) / name / RAY_RUN_SNAPSHOT).is_file():
+        return None
+    latest = find_latest_checkpoint(Path(storage) / name)
+    where = f"its latest checkpoint ({latest.name})" if latest else "its latest checkpoint"
+    return f"found an earlier run '{name}' in {storage}: Ray Train resumes it from {where}"
+
+
+def fit_trainer(trainer: Any, storage: str, name: str) -> Path:
+    """Run ``trainer.fit()``; return a local folder holding the final checkpoint."""
     result = trainer.fit()
     if result.error is not None:
         raise result.error
+    if result.checkpoint is None and not is_uri(storage):
+        # a re-run of a run that had already finished reports nothing new; its last checkpoint is the result
+        return _existing_checkpoint(Path(storage) / name)
     if result.checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint in {storage}/{cfg.name}")
+        raise RuntimeError(f"training finished without a checkpoint in {storage}/{name}")
     if is_uri(storage):
         local = Path(tempfile.mkdtemp(prefix="nrcc-final-"))
         result.checkpoint.to_directory(str(local))
@@ -80,13 +109,29 @@ def train_with_ray(cfg: Config, storage: str, run_dir: Path) -> Path:
     return Path(result.checkpoint.path)
 
 
-def train_in_process(cfg: Config, run_dir: Path) -> Path:
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.use_gpu is not False else "cpu")
-    train_worker(cfg.to_dict(), LocalContext(run_dir, device, keep=cfg.train.keep_checkpoints))
+def train_with_ray(cfg: Config, storage: str, run_dir: Path) -> Path:
+    """Fit a TorchTrainer; return a local folder holding the final checkpoint."""
+    from nrcc_scale.ray_setup import init_ray
+
+    print(init_ray(cfg.ray), flush=True)
+    note = earlier_run_note(storage, cfg.name)
+    if note:
+        print(note, flush=True)
+    return fit_trainer(build_trainer(cfg, storage, run_dir), storage, cfg.name)
+
+
+def _existing_checkpoint(run_dir: Path) -> Path:
     checkpoint = find_latest_checkpoint(run_dir)
     if checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint in {run_dir}")
     return checkpoint
+
+
+def train_in_process(cfg: Config, run_dir: Path) -> Path:
+    """The same loop in this process; a re-run with the same name resumes from ``run_dir/checkpoints``."""
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.use_gpu is not False else "cpu")
+    train_worker(cfg.to_dict(), LocalContext(run_dir, device, keep=cfg.train.keep_checkpoints))
+    return _existing_checkpoint(run_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:

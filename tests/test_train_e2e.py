@@ -48,7 +48,8 @@ def _check_run(stdout: str, run_dir: Path, ray_layout: bool) -> dict:
     assert (run_dir / "umap_scatter.png").stat().st_size > 10_000
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 2 and saved["method"]["nrcc"]["enabled"] is True
-    checkpoints = sorted((run_dir if ray_layout else run_dir / "checkpoints").glob("checkpoint_*"))
+    folder = run_dir if ray_layout else run_dir / "checkpoints"
+    checkpoints = sorted(p for p in folder.glob("checkpoint_0*") if p.is_dir())  # not Ray's snapshot json
     assert [c.name for c in checkpoints] == ["checkpoint_000001", "checkpoint_000002"]
     assert (checkpoints[-1] / "state.pt").is_file()
     ranks = {p.name for p in checkpoints[-1].glob("rng_rank*.pt")}

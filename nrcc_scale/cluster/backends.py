@@ -131,7 +131,13 @@ def set_faiss_threads() -> int:
     if faiss is None:
         return 0
     n = cpu_threads()
+    # faiss and torch share one OpenMP runtime here: setting faiss's pool also resizes torch's, so put
+    # torch's thread count back (a training process must not change speed or numerics after a monitor)
+    import torch
+
+    torch_threads = torch.get_num_threads()
     faiss.omp_set_num_threads(n)
+    torch.set_num_threads(torch_threads)
     return n
 
 

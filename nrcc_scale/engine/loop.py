@@ -4,17 +4,26 @@ Per step: uint8 views from the loader -> photometric augmentation on the device 
 autocast on GPU) -> backward (DDP averages gradients) -> optimizer step -> the method's post-step hook
 (EMA target, CueCo's momentum clustering). Per epoch: metrics averaged over workers, an optional monitor
 (kNN accuracy, collapse check, clustering), and every ``checkpoint_every`` epochs a checkpoint that holds
-everything needed to continue exactly (weights, EMA target, optimizer, scaler, every worker's RNG
-states, epoch and step, metric history).
+everything needed to continue exactly (weights, EMA target, method buffers, optimizer, scaler, every
+worker's RNG states, epoch and step, metric history).
+
+Why a resume is bit-identical to an uninterrupted run (checked by tests/test_resume.py): checkpoints are
+taken at epoch boundaries, after the epoch-end hook and the monitor; the data order and the crops are pure
+functions of (seed, epoch, index) and the learning rate and EMA momentum pure functions of the step; every
+other random draw (photometric augmentation, SGHMC noise, the DataLoader's base seed) comes from the global
+torch/numpy/python generators, whose states each worker saves and restores.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,19 +31,30 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nrcc_scale.config import Config, ConfigError, config_from_dict
 from nrcc_scale.data.augment import BatchPhotometricAugment
-from nrcc_scale.data.loaders import build_train_loader
+from nrcc_scale.data.base import DataBundle
+from nrcc_scale.data.loaders import TrainLoader, build_train_loader
 from nrcc_scale.data.registry import build_data, training_resolution
 from nrcc_scale.engine.checkpoint import read_rng, read_state, write_checkpoint
 from nrcc_scale.engine.context import RunContext
 from nrcc_scale.engine.optim import build_optimizer, count_parameters
 from nrcc_scale.engine.schedule import cosine_with_warmup, peak_lr, set_learning_rate
-from nrcc_scale.methods import SSLMethod, build_method
+from nrcc_scale.methods import SSLMethod, StepOutput, build_method
 from nrcc_scale.methods.distributed import all_reduce_mean, is_distributed
 from nrcc_scale.utils.seeding import rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("nrcc_scale.train")
 
 MAX_BAD_STEPS = 3  # consecutive non-finite losses before the run stops (and Ray restarts it)
+
+#: Testing aid, never set in normal runs: ``"<epoch>:<batch>:<rank>[:raise|hang]"`` makes worker ``rank``
+#: raise (or hang until killed) just before batch ``batch`` (0-based) of epoch ``epoch`` (1-based, as
+#: printed). It fires once: the file named by ``NRCC_FAULT_MARKER`` (required) is created when it fires,
+#: and an existing marker disarms it, so the restarted attempt runs through.
+FAULT_ENV = "NRCC_FAULT_AT"
+FAULT_MARKER_ENV = "NRCC_FAULT_MARKER"
+#: Config keys that may change between a run and its resumption without breaking exactness.
+RESUME_FREE_KEYS = ("name", "storage_path", "eval.", "ray.", "train.max_failures", "train.keep_checkpoints",
+                    "train.log_every", "train.checkpoint_every", "data.root", "data.beton", "data.loader_workers")
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -45,24 +65,100 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def _emit(message: str, stream=None) -> None:
+    """One line to stdout (or ``stream``), written directly: Ray Train V2 patches ``print`` in its workers
+    to also go through its logger, which shows every printed line twice in the driver and ``ray job logs``;
+    a direct write reaches them once (Ray forwards worker output to the driver, ``log_to_driver``)."""
+    stream = stream or sys.stdout
+    stream.write(message + "\n")
+    stream.flush()
+
+
 def _print(rank: int, message: str) -> None:
     if rank == 0:
-        print(message, flush=True)
+        _emit(message)
 
 
 class NonFiniteLossError(RuntimeError):
     pass
 
 
-def train_worker(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    """Train as configured; returns the last epoch's metrics (rank 0's view)."""
-    cfg = config_from_dict(config)
+class InjectedFault(RuntimeError):
+    """Raised by the ``NRCC_FAULT_AT`` testing aid."""
+
+
+@dataclass
+class FaultInjector:
+    """The ``NRCC_FAULT_AT`` testing aid (see :data:`FAULT_ENV`); None unless that variable is set."""
+
+    epoch: int
+    batch: int
+    rank: int
+    action: str
+    marker: Path
+
+    @classmethod
+    def from_env(cls) -> FaultInjector | None:
+        spec = os.environ.get(FAULT_ENV, "")
+        if not spec:
+            return None
+        parts = spec.split(":")
+        marker = os.environ.get(FAULT_MARKER_ENV, "")
+        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("raise", "hang")) or not marker:
+            raise ConfigError(f"{FAULT_ENV}={spec!r}: expected epoch:batch:rank[:raise|hang], with "
+                              f"{FAULT_MARKER_ENV} naming the file that makes it fire only once")
+        action = parts[3] if len(parts) == 4 else "raise"
+        return cls(int(parts[0]), int(parts[1]), int(parts[2]), action, Path(marker))
+
+    def check(self, rank: int, epoch: int, batch: int) -> None:
+        if (rank, epoch, batch) != (self.rank, self.epoch, self.batch) or self.marker.exists():
+            return
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        self.marker.write_text(f"{FAULT_ENV} fired at epoch {epoch} batch {batch} rank {rank}\n")
+        message = f"{FAULT_ENV}: injected fault at epoch {epoch} batch {batch} on rank {rank} ({self.action})"
+        _emit(message, sys.stderr)
+        if self.action == "raise":
+            raise InjectedFault(message)
+        while True:  # "hang": wait to be killed
+            time.sleep(1.0)
+
+
+@dataclass
+class TrainingRun:
+    """What one worker builds before its first step. :func:`train_step` advances it by one batch; the
+    loop below and ``benchmarks/ray_scaling.py`` both drive it, so the benchmark times the real step."""
+
+    cfg: Config
+    data: DataBundle
+    resolution: int
+    method: SSLMethod
+    model: torch.nn.Module  # the method, wrapped in DDP when distributed
+    loader: TrainLoader
+    photometric: BatchPhotometricAugment
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None
+    num_views: int
+    device: torch.device
+    lr_peak: float
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+    def lr_at(self, step: int) -> float:
+        return cosine_with_warmup(step, self.total_steps, self.warmup_steps, self.lr_peak,
+                                  self.cfg.optim.min_lr_ratio)
+
+    def schedule(self) -> dict[str, Any]:
+        """Everything the learning-rate and EMA schedules depend on besides the step."""
+        return {"total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "lr_peak": self.lr_peak,
+                "steps_per_epoch": self.steps_per_epoch}
+
+
+def build_training(cfg: Config, ctx: RunContext) -> TrainingRun:
+    """Data, model (DDP-wrapped when distributed), loader, augmentation, optimizer and scaler."""
     t = cfg.train
     device = ctx.device
-    seed_everything(t.seed + 1000 * ctx.rank)
-    if t.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
     data = build_data(cfg.data, seed=t.seed)
     resolution = training_resolution(cfg.data, data.train)
     if len(data.train) < t.batch_size:
@@ -72,108 +168,175 @@ def train_worker(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     if cfg.model.channels_last:
         method = method.to(memory_format=torch.channels_last)
     num_views = 3 if method.needs_third_view else 2
-    aug = cfg.data.augment
     loader = build_train_loader(cfg.data, data.train, resolution, num_views, t.batch_size // ctx.world_size,
                                 ctx.rank, ctx.world_size, seed=t.seed, device=device)
-    photometric = BatchPhotometricAugment(aug, data.train.mean, data.train.std, resolution).to(device)
+    photometric = BatchPhotometricAugment(cfg.data.augment, data.train.mean, data.train.std, resolution).to(device)
     model: torch.nn.Module = method
     if is_distributed():
         # buffers (target BN statistics, CueCo queue and centroids) are kept identical by construction;
         # broadcasting them every step would only cost time
         model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
                                         broadcast_buffers=False)
-
     lr_peak = peak_lr(cfg.optim.base_lr, t.batch_size)
     optimizer = build_optimizer(method.parameter_groups(), cfg.optim, lr_peak)
     steps_per_epoch = len(loader)
-    total_steps = t.epochs * steps_per_epoch
-    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
     dtype = amp_dtype(t.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return TrainingRun(cfg=cfg, data=data, resolution=resolution, method=method, model=model, loader=loader,
+                       photometric=photometric, optimizer=optimizer,
+                       scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), dtype=dtype,
+                       num_views=num_views, device=device, lr_peak=lr_peak, steps_per_epoch=steps_per_epoch,
+                       total_steps=t.epochs * steps_per_epoch,
+                       warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch))
 
-    start_epoch, step, history = 0, 0, []
-    checkpoint = ctx.latest_checkpoint()
-    if checkpoint is not None:
-        state = read_state(checkpoint)
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, step, history = int(state["epoch"]), int(state["step"]), list(state["history"])
-        rng = read_rng(checkpoint, ctx.rank)
-        if rng is not None:
-            set_rng_state(rng)
-        else:  # resumed with more workers than the checkpoint had: a fresh, deterministic stream
-            seed_everything(t.seed + 1000 * ctx.rank + start_epoch)
-        _print(ctx.rank, f"resumed from {checkpoint} at epoch {start_epoch} (step {step})")
 
-    _print(ctx.rank, f"training {cfg.method.name}{'+NRCC' if cfg.uses_nrcc else ''} on {data.train.describe()} "
-                     f"at {resolution} px | {cfg.model.backbone} ({count_parameters(method.online) / 1e6:.2f} M "
+def train_step(run: TrainingRun, views: torch.Tensor, step: int) -> StepOutput | None:
+    """One optimizer step on a batch of uint8 views at global step ``step`` (0-based). Returns None, with
+    no update, when the loss was not finite on some worker."""
+    views = views.to(run.device, non_blocking=True)
+    xs = [run.photometric(views[:, v]) for v in range(run.num_views)]
+    if run.cfg.model.channels_last:
+        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    set_learning_rate(run.optimizer, run.lr_at(step))
+    with torch.autocast(run.device.type, dtype=run.dtype or torch.float32, enabled=run.dtype is not None):
+        out = run.model(*xs)
+    run.optimizer.zero_grad(set_to_none=True)
+    if not _finite_everywhere(out.loss):
+        return None
+    run.scaler.scale(out.loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.method.after_optimizer_step((step + 1) / run.total_steps)
+    return out
+
+
+def train_worker(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """Train as configured; returns the last epoch's metrics (rank 0's view)."""
+    cfg = config_from_dict(config)
+    t = cfg.train
+    seed_everything(t.seed + 1000 * ctx.rank)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    fault = FaultInjector.from_env()
+    run = build_training(cfg, ctx)
+    method, device = run.method, run.device
+    start_epoch, step, history = _resume(run, ctx)
+
+    _print(ctx.rank, f"training {cfg.method.name}{'+NRCC' if cfg.uses_nrcc else ''} on {run.data.train.describe()} "
+                     f"at {run.resolution} px | {cfg.model.backbone} ({count_parameters(method.online) / 1e6:.2f} M "
                      f"params) | {ctx.world_size} worker(s) on {device} | global batch {t.batch_size}, "
-                     f"{steps_per_epoch} steps/epoch, epochs {start_epoch + 1}..{t.epochs} | amp {dtype}")
+                     f"{run.steps_per_epoch} steps/epoch, epochs {start_epoch + 1}..{t.epochs} | amp {run.dtype}")
+    if start_epoch >= t.epochs:
+        _print(ctx.rank, f"nothing to train: the checkpoint is already at the last epoch ({t.epochs})")
 
     last: dict[str, Any] = history[-1] if history else {}
     bad_steps = 0
-    for epoch in range(start_epoch, t.epochs):
-        loader.set_epoch(epoch)
-        method.train()
-        sums: dict[str, float] = defaultdict(float)
-        counted = 0
-        started = time.perf_counter()
-        for views, _labels, _index in loader:
-            views = views.to(device, non_blocking=True)
-            xs = [photometric(views[:, v]) for v in range(num_views)]
-            if cfg.model.channels_last:
-                xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
-            lr = cosine_with_warmup(step, total_steps, warmup_steps, lr_peak, cfg.optim.min_lr_ratio)
-            set_learning_rate(optimizer, lr)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                out = model(*xs)
-            if not _finite_everywhere(out.loss):
-                bad_steps += 1
-                _print(ctx.rank, f"warning: non-finite loss at epoch {epoch + 1} step {step}; step skipped")
-                if bad_steps >= MAX_BAD_STEPS:
-                    raise NonFiniteLossError(
-                        f"the loss was not finite for {bad_steps} consecutive steps (epoch {epoch + 1}, step "
-                        f"{step}); the last checkpoint is intact. Lower optim.base_lr or check the data.")
-                optimizer.zero_grad(set_to_none=True)
-                continue
-            bad_steps = 0
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out.loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            method.after_optimizer_step(step / total_steps)
-            for key, value in out.metrics.items():
-                sums[key] += float(value)
-            counted += 1
-            if ctx.rank == 0 and t.log_every and step % t.log_every == 0:
-                print(f"  epoch {epoch + 1}/{t.epochs} step {step}/{total_steps} loss {float(out.metrics['loss']):.4f} "
-                      f"lr {lr:.4g}", flush=True)
-        method.on_epoch_end(epoch)
-        seconds = time.perf_counter() - started
-        metrics = _epoch_metrics(sums, counted, device)
-        metrics.update(epoch=epoch + 1, step=step, lr=lr if counted else 0.0, epoch_seconds=seconds,
-                       images_per_second=counted * t.batch_size / max(seconds, 1e-9))
-        if _monitor_due(t.monitor_every, epoch, t.epochs) and ctx.rank == 0:
-            metrics.update(_monitor(method, cfg, data, resolution, device))
-        history.append(metrics)
-        last = metrics
-        _print(ctx.rank, _format_epoch(metrics, t.epochs))
-        if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs:
-            with ctx.checkpoint_to_report(epoch + 1) as folder:
-                state = None
-                if ctx.rank == 0:
-                    state = {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                             "epoch": epoch + 1, "step": step, "history": history, "config": cfg.to_dict(),
-                             "world_size": ctx.world_size, "resolution": resolution}
-                write_checkpoint(folder, ctx.rank, rng_state(), state)
-                ctx.report(metrics, epoch + 1, folder)
-        else:
-            ctx.report(metrics, epoch + 1, None)
+    lr = 0.0
+    try:
+        for epoch in range(start_epoch, t.epochs):
+            run.loader.set_epoch(epoch)
+            method.train()
+            sums: dict[str, float] = defaultdict(float)
+            counted = 0
+            started = time.perf_counter()
+            for batch_index, (views, _labels, _index) in enumerate(run.loader):
+                if fault is not None:
+                    fault.check(ctx.rank, epoch + 1, batch_index)
+                lr = run.lr_at(step)
+                out = train_step(run, views, step)
+                if out is None:
+                    bad_steps += 1
+                    _print(ctx.rank, f"warning: non-finite loss at epoch {epoch + 1} step {step}; step skipped")
+                    if bad_steps >= MAX_BAD_STEPS:
+                        raise NonFiniteLossError(
+                            f"the loss was not finite for {bad_steps} consecutive steps (epoch {epoch + 1}, step "
+                            f"{step}); the last checkpoint is intact. Lower optim.base_lr or check the data.")
+                    continue
+                bad_steps = 0
+                step += 1
+                for key, value in out.metrics.items():
+                    sums[key] += float(value)
+                counted += 1
+                if ctx.rank == 0 and t.log_every and step % t.log_every == 0:
+                    _emit(f"  epoch {epoch + 1}/{t.epochs} step {step}/{run.total_steps} "
+                          f"loss {float(out.metrics['loss']):.4f} lr {lr:.4g}")
+            method.on_epoch_end(epoch)
+            seconds = time.perf_counter() - started
+            metrics = _epoch_metrics(sums, counted, device)
+            metrics.update(epoch=epoch + 1, step=step, lr=lr if counted else 0.0, epoch_seconds=seconds,
+                           images_per_second=counted * t.batch_size / max(seconds, 1e-9))
+            if _monitor_due(t.monitor_every, epoch, t.epochs) and ctx.rank == 0:
+                metrics.update(_monitor(method, cfg, run.data, run.resolution, device))
+            history.append(metrics)
+            last = metrics
+            _print(ctx.rank, _format_epoch(metrics, t.epochs))
+            if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs:
+                with ctx.checkpoint_to_report(epoch + 1) as folder:
+                    state = None
+                    if ctx.rank == 0:
+                        state = {"model": method.state_dict(), "optimizer": run.optimizer.state_dict(),
+                                 "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+                                 "epoch": epoch + 1, "step": step, "sampler_epoch": epoch + 1,
+                                 "schedule": run.schedule(), "history": history, "config": cfg.to_dict(),
+                                 "world_size": ctx.world_size, "resolution": run.resolution}
+                    # after the monitor: whatever it drew from the generators is part of the saved state
+                    write_checkpoint(folder, ctx.rank, rng_state(), state)
+                    ctx.report(metrics, epoch + 1, folder)
+            else:
+                ctx.report(metrics, epoch + 1, None)
+    finally:
+        ctx.close()
     return last
+
+
+def _resume(run: TrainingRun, ctx: RunContext) -> tuple[int, int, list[dict[str, Any]]]:
+    """Load the context's latest checkpoint into ``run``; returns (epochs done, steps done, history)."""
+    checkpoint = ctx.latest_checkpoint()
+    if checkpoint is None:
+        return 0, 0, []
+    state = read_state(checkpoint)
+    run.method.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    epoch, step = int(state["epoch"]), int(state["step"])
+    rng = read_rng(checkpoint, ctx.rank)
+    ctx.release(checkpoint)
+    if rng is not None:
+        set_rng_state(rng)
+    else:  # resumed with more workers than the checkpoint had: a fresh, deterministic stream
+        seed_everything(run.cfg.train.seed + 1000 * ctx.rank + epoch)
+    for warning in _resume_warnings(state, run, ctx.world_size):
+        _print(ctx.rank, f"warning: {warning}")
+    _print(ctx.rank, f"resumed from {ctx.resumed_from or checkpoint} at epoch {epoch} (step {step})")
+    return epoch, step, list(state["history"])
+
+
+def _resume_warnings(state: dict[str, Any], run: TrainingRun, world_size: int) -> list[str]:
+    """Why this resume will not continue the saved run exactly (empty when it will)."""
+    out = []
+    saved_world = int(state.get("world_size", world_size))
+    if saved_world != world_size:
+        out.append(f"the checkpoint was written by {saved_world} worker(s), this run has {world_size}: data "
+                   f"shards and random streams differ from the saved run's")
+    if "schedule" in state and state["schedule"] != run.schedule():
+        out.append(f"the learning-rate schedule changed ({state['schedule']} -> {run.schedule()}), e.g. through "
+                   f"train.epochs or train.batch_size")
+    changed = _config_differences(state.get("config", {}), run.cfg.to_dict())
+    if changed:
+        out.append(f"the config differs from the checkpoint's in {', '.join(changed)}")
+    return out
+
+
+def _config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(saved) | set(current)):
+        path = f"{prefix}{key}"
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _config_differences(a, b, f"{path}.")
+        elif a != b and not path.startswith(RESUME_FREE_KEYS):
+            keys.append(path)
+    return keys
 
 
 def _finite_everywhere(loss: torch.Tensor) -> bool:
@@ -192,13 +355,24 @@ def _epoch_metrics(sums: dict[str, float], counted: int, device: torch.device) -
 
 
 def _monitor_due(every: int, epoch: int, epochs: int) -> bool:
+    """``train.monitor_every``: every N epochs and at the last; 0: only at the last; -1: never."""
+    if every < 0:
+        return False
     return (every > 0 and (epoch + 1) % every == 0) or epoch + 1 == epochs
 
 
 def _monitor(method: SSLMethod, cfg: Config, data, resolution: int, device: torch.device) -> dict[str, float]:
+    """The monitor, leaving torch's CPU thread count as it found it: faiss's ``omp_set_num_threads`` (kNN)
+    resizes the OpenMP pool torch shares, and training on with another thread count changes the order of
+    floating-point reductions, so a resumed run (which has not run that monitor yet) would drift from the
+    uninterrupted one in the last bits."""
     from nrcc_scale.evaluation.monitor import training_monitor
 
-    return training_monitor(method, cfg, data, resolution, device)
+    threads = torch.get_num_threads()
+    try:
+        return training_monitor(method, cfg, data, resolution, device)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _format_epoch(metrics: dict[str, Any], epochs: int) -> str:
