@@ -20,6 +20,7 @@ Worker failures inside one run are retried ``train.max_failures`` times from the
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -54,8 +55,18 @@ def resolve_run_dir(cfg: Config) -> tuple[str, Path]:
     return str(storage), storage / cfg.name
 
 
+def quiet_ray_train_worker_logs() -> None:
+    """Ray Train V2 logs every report (with all its metrics) and every checkpoint at INFO from every worker;
+    the loop prints its own one-line epoch summary, so keep Ray Train's worker loggers to warnings. Some are
+    named by module, some by file path (``logging.getLogger(__file__)``): match both."""
+    for name in list(logging.Logger.manager.loggerDict):
+        if name.startswith("ray.train") or "/ray/train/" in name:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def ray_train_loop(config: dict[str, Any]) -> None:
     """What every Ray Train worker runs."""
+    quiet_ray_train_worker_logs()
     run_dir = Path(config["run_dir"]) if config.get("run_dir") else None
     train_worker(config["config"], RayContext(run_dir))
 
@@ -117,7 +128,14 @@ def train_with_ray(cfg: Config, storage: str, run_dir: Path) -> Path:
     note = earlier_run_note(storage, cfg.name)
     if note:
         print(note, flush=True)
-    return fit_trainer(build_trainer(cfg, storage, run_dir), storage, cfg.name)
+    try:
+        return fit_trainer(build_trainer(cfg, storage, run_dir), storage, cfg.name)
+    finally:
+        import ray
+
+        # the evaluation runs in this process; disconnecting (or stopping the local Ray we started) also
+        # ends the forwarding of worker output, so no late worker line lands inside the report
+        ray.shutdown()
 
 
 def _existing_checkpoint(run_dir: Path) -> Path:

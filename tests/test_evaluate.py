@@ -124,3 +124,11 @@ def test_evaluate_checkpoint_embeds_every_sample_once_on_ray(tmp_path: Path) -> 
     assert metrics["epochs"] == 1 and metrics["num_samples"] == 1797 and "raw_pixels_umap_gridshift" in \
         metrics["baselines"]
     assert (out / "curves.png").is_file()
+
+
+def test_found_clusters_take_the_colour_id_of_their_matched_class() -> None:
+    from nrcc_scale.evaluation.report import matched_cluster_ids
+
+    y = np.array([0, 0, 1, 1, 2, 2, 2])
+    found = np.array([5, 5, 7, 7, 9, 9, 3])  # cluster 3 is an extra split of class 2
+    assert matched_cluster_ids(y, found).tolist() == [0, 0, 1, 1, 2, 2, 3]

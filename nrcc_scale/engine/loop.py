@@ -173,10 +173,11 @@ def build_training(cfg: Config, ctx: RunContext) -> TrainingRun:
     photometric = BatchPhotometricAugment(cfg.data.augment, data.train.mean, data.train.std, resolution).to(device)
     model: torch.nn.Module = method
     if is_distributed():
-        # buffers (target BN statistics, CueCo queue and centroids) are kept identical by construction;
-        # broadcasting them every step would only cost time
+        # DDP copies rank 0's parameters and buffers to every worker once, here (the EMA target included);
+        # afterwards the buffers (CueCo's queue and centroids) stay identical by construction and the target's
+        # BatchNorm statistics matter only to rank 0's evaluation, so syncing them every step would only cost time
         model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
-                                        broadcast_buffers=False)
+                                        forward_sync_buffers=False)
     lr_peak = peak_lr(cfg.optim.base_lr, t.batch_size)
     optimizer = build_optimizer(method.parameter_groups(), cfg.optim, lr_peak)
     steps_per_epoch = len(loader)

@@ -37,18 +37,35 @@ def _subsample_rows(n: int, limit: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
-def _colours(labels: np.ndarray):
+def _colours(ids: np.ndarray, count: int):
+    """Colours for integer ids 0..count-1, the same id always the same colour in every panel."""
     import matplotlib
 
-    _, inverse = np.unique(labels, return_inverse=True)
-    k = inverse.max() + 1
-    cmap = matplotlib.colormaps["tab10" if k <= 10 else "tab20" if k <= 20 else "gist_ncar"]
-    return cmap(inverse % cmap.N if k <= 20 else inverse / max(k - 1, 1))
+    cmap = matplotlib.colormaps["tab10" if count <= 10 else "tab20" if count <= 20 else "gist_ncar"]
+    return cmap(ids % cmap.N if count <= 20 else ids / max(count - 1, 1))
+
+
+def matched_cluster_ids(true_labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Rename found clusters to the class they are matched to (Hungarian, as ACC), so a correct cluster
+    gets its class's colour; unmatched clusters get ids after the last class."""
+    from scipy.optimize import linear_sum_assignment
+
+    classes, y = np.unique(true_labels, return_inverse=True)
+    clusters, p = np.unique(predicted, return_inverse=True)
+    table = np.zeros((len(clusters), len(classes)), dtype=np.int64)
+    np.add.at(table, (p, y), 1)
+    rows, cols = linear_sum_assignment(-table)
+    new_id = np.arange(len(clusters)) + len(classes)
+    new_id[rows] = cols
+    unmatched = np.setdiff1d(np.arange(len(clusters)), rows)
+    new_id[unmatched] = len(classes) + np.arange(len(unmatched))
+    return new_id[p]
 
 
 def scatter_plot(reduced: np.ndarray, true_labels: np.ndarray, predicted: np.ndarray, path: Path,
                  title: str) -> Path:
-    """Side by side: the reduced embedding coloured by true class and by found cluster."""
+    """Side by side: the reduced embedding coloured by true class and by found cluster (clusters take the
+    colour of the class they are matched to, so the two panels can be compared at a glance)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,17 +75,20 @@ def scatter_plot(reduced: np.ndarray, true_labels: np.ndarray, predicted: np.nda
     pts = reduced[rows]
     three_d = pts.shape[1] >= 3
     fig = plt.figure(figsize=(13, 6))
-    panels = [(true_labels[rows], f"true class ({len(np.unique(true_labels))})"),
-              (predicted[rows], f"found cluster ({len(np.unique(predicted))})")]
+    _, true_ids = np.unique(true_labels, return_inverse=True)
+    found_ids = matched_cluster_ids(true_labels, predicted)
+    colour_count = int(max(true_ids.max(), found_ids.max())) + 1
+    panels = [(true_ids[rows], f"true class ({len(np.unique(true_labels))})"),
+              (found_ids[rows], f"found cluster ({len(np.unique(predicted))}), coloured by matched class")]
     size = 4 if len(pts) > 5000 else 8
     for i, (labels, name) in enumerate(panels):
         ax = fig.add_subplot(1, 2, i + 1, projection="3d" if three_d else None)
         if three_d:
-            ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], c=_colours(labels), s=size, linewidths=0,
+            ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], c=_colours(labels, colour_count), s=size, linewidths=0,
                        depthshade=False)
             ax.view_init(elev=25, azim=45)
         else:
-            ax.scatter(pts[:, 0], pts[:, 1], c=_colours(labels), s=size, linewidths=0)
+            ax.scatter(pts[:, 0], pts[:, 1], c=_colours(labels, colour_count), s=size, linewidths=0)
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
