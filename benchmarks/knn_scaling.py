@@ -15,7 +15,7 @@ Methods, each timed as ``build`` (fit / train + add) plus the search of all N ro
 
 * ``faiss exact``   - ``IndexFlatIP`` (what ``knn_search`` uses up to ``exact_limit`` = 2·10^5 rows);
 * ``faiss ivf``     - ``IndexIVFFlat`` with the module's defaults (nlist ~ 4·sqrt(N), nprobe =
-                      max(16, ceil(sqrt(nlist)))), what ``knn_search`` uses beyond ``exact_limit``;
+                      max(16, ceil(sqrt(nlist) / 2))), what ``knn_search`` uses beyond ``exact_limit``;
 * ``sklearn brute`` - ``NearestNeighbors(algorithm="brute", metric="euclidean")`` on the normalised rows:
                       scikit-learn's fastest exact configuration (same neighbours as cosine; its
                       ``metric="cosine"`` brute path is ~3x slower);
@@ -149,11 +149,15 @@ def run_size(n: int, budget_s: float, probe_rows: int, ball_tree_max: int) -> li
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], lambda p: p.add_argument(
-        "--budget", type=float, default=None, help="seconds of search timed per method and size "
-        "(default 5 with --quick, 60 otherwise); beyond it the search time is extrapolated from a prefix"))
+    def add_arguments(p) -> None:
+        p.add_argument("--budget", type=float, default=None, help="seconds of search timed per method and "
+                       "size (default 5 with --quick, 60 otherwise); beyond it the search time is extrapolated "
+                       "from a prefix")
+        p.add_argument("--sizes", type=int, nargs="+", default=None, help="N values (default: 1e4 1e5 [1e6])")
+
+    args = parse_args(__doc__.splitlines()[0], add_arguments)
     budget = args.budget if args.budget is not None else (5.0 if args.quick else 60.0)
-    sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     threads = backends.set_faiss_threads()
     print(f"k = {K}, d = {DIM}, {threads} CPU threads, budget {budget:g} s per method", flush=True)
     rows = [row for n in sizes

@@ -155,7 +155,7 @@ def test_plan_rules():
     exact = plan_search(1000, 10, exact_limit=1000)
     assert (exact.library, exact.device, exact.index) == ("faiss", "cpu", "exact")
     ivf = plan_search(1_000_000, 11, exact_limit=200_000)
-    assert ivf.index == "ivf" and ivf.nlist == 4000 and ivf.nprobe == default_nprobe(4000) == 64
+    assert ivf.index == "ivf" and ivf.nlist == 4000 and ivf.nprobe == default_nprobe(4000) == 32
     assert ivf.train_size == 64 * 4000 and ivf.backend == "faiss-cpu ivf"
     assert plan_search(1000, 5, nprobe=10_000, exact_limit=10).nprobe == default_nlist(1000)
     # faiss-GPU selects at most 2048 neighbours: a larger k moves that search to the CPU, and says so
