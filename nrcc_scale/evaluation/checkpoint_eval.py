@@ -84,7 +84,7 @@ def write_report(out_dir: Path, result: EvaluationResult, labels: np.ndarray, me
         conf = confusion_plot(labels, result.main.predicted, out_dir / "confusion.png")
         if conf:
             files["confusion"] = str(conf)
-        curves = curves_plot(history, out_dir / "curves.png")
+        curves = curves_plot(history, out_dir / "curves.png", result.extra.get("embedding_dim"))
         if curves:
             files["curves"] = str(curves)
     return files

@@ -139,7 +139,7 @@ def confusion_plot(true_labels: np.ndarray, predicted: np.ndarray, path: Path) -
     return path
 
 
-def curves_plot(history: list[dict[str, Any]], path: Path) -> Path | None:
+def curves_plot(history: list[dict[str, Any]], path: Path, embedding_dim: int | None = None) -> Path | None:
     """Loss, kNN accuracy, global std and clustering ACC over epochs (the paper's Fig. 4)."""
     if not history:
         return None
@@ -156,8 +156,9 @@ def curves_plot(history: list[dict[str, Any]], path: Path) -> Path | None:
         if pts:
             xs, ys = zip(*pts, strict=True)
             ax.plot(xs, ys, marker="o" if len(pts) < 30 else None)
-        if key == "global_std" and history and "embedding_dim" in history[-1]:
-            ax.axhline(1 / np.sqrt(history[-1]["embedding_dim"]), ls="--", c="grey", lw=1)
+        if key == "global_std" and embedding_dim:
+            ax.axhline(1 / np.sqrt(embedding_dim), ls="--", c="grey", lw=1, label="1/sqrt(d): healthy")
+            ax.legend(loc="lower right", fontsize=8)
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
