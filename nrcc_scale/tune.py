@@ -324,7 +324,8 @@ def logger_callbacks(name: str) -> list[Any]:
         try:
             from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-            callbacks.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=name))
+            callbacks.append(MLflowLoggerCallback(tracking_uri=uri,
+                                                  experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", name)))
         except ImportError:
             print("note: MLFLOW_TRACKING_URI is set but mlflow is not installed; logging to TensorBoard only",
                   file=sys.stderr)
@@ -485,6 +486,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Per-epoch reports carry the scheduler's metric only on monitor epochs and the final scores only at
     # the end; ASHA skips a result without its metric, so Tune's strict check would only get in the way.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        # the trials' training runs (logged by their workers, which inherit this environment on a local
+        # Ray) land in the same MLflow experiment as Tune's per-trial results
+        os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", sweep.settings.name)
 
     from ray import tune
 

@@ -319,27 +319,39 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_pat
     assert "loss" in metrics
 
 
-def test_epoch_logger_feeds_tensorboard_and_mlflow_when_present(tmp_path: Path, monkeypatch) -> None:
-    """TensorBoard always (tensorboardX is a dependency); MLflow only with the package and a tracking URI.
-    mlflow is not installed here, so a stand-in module records what the logger sends it."""
-    import types
+def test_epoch_logger_feeds_tensorboard_and_mlflow_when_asked(tmp_path: Path, monkeypatch) -> None:
+    """TensorBoard always (tensorboardX is a dependency); MLflow (the real package, a local file store)
+    only with ``MLFLOW_TRACKING_URI``; a resumed run (same run folder) continues its MLflow run."""
+    import mlflow  # a dev dependency (mlflow-skinny)
+    from mlflow.tracking import MlflowClient
 
-    from nrcc_scale.engine.context import EpochLogger
+    from nrcc_scale.engine.context import RUN_DIR_TAG, EpochLogger
 
-    calls: list[tuple] = []
-    stand_in = types.SimpleNamespace(start_run=lambda **kw: calls.append(("start", kw)),
-                                     log_metrics=lambda values, step: calls.append(("log", values, step)),
-                                     end_run=lambda: calls.append(("end",)))
-    monkeypatch.setitem(sys.modules, "mlflow", stand_in)
+    monkeypatch.chdir(tmp_path)  # MLflow would write ./mlruns if it were used without a URI
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     quiet = EpochLogger(tmp_path / "a", "a")
     quiet.log({"loss": 1.0}, 1)
     quiet.close()
-    assert calls == [], "MLflow used without MLFLOW_TRACKING_URI"
+    assert not (tmp_path / "mlruns").exists(), "MLflow used without MLFLOW_TRACKING_URI"
     assert list((tmp_path / "a" / TENSORBOARD_DIR).glob("events.out.tfevents.*"))
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path / 'mlruns'}")
-    logger = EpochLogger(None, "run_b")
-    logger.log({"loss": 0.5, "epoch": 2, "note": "text", "bad": float("nan"), "flag": True}, 2)
-    logger.close()
-    assert calls == [("start", {"run_name": "run_b"}), ("log", {"loss": 0.5, "epoch": 2.0}, 2), ("end",)]
+    store = tmp_path / "store"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{store}")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for a database otherwise
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "nrcc-test")
+    run_dir = tmp_path / "runs" / "run_b"
+    for epoch, loss in ((1, 0.75), (2, 0.5)):  # two attempts: the second resumes the same run folder
+        logger = EpochLogger(run_dir, "run_b")
+        logger.log({"loss": loss, "epoch": epoch, "note": "text", "bad": float("nan"), "flag": True}, epoch)
+        logger.close()
+    assert mlflow.active_run() is None
+
+    client = MlflowClient(tracking_uri=f"file://{store}")
+    experiment = client.get_experiment_by_name("nrcc-test")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1, "a resumed training opened a second MLflow run"
+    run = runs[0]
+    assert run.info.run_name == "run_b" and run.data.tags[RUN_DIR_TAG] == str(run_dir)
+    assert sorted(run.data.metrics) == ["epoch", "loss"]  # strings, NaN and booleans are not sent
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 0.75), (2, 0.5)]

@@ -30,6 +30,7 @@ from test_resume import kill_tree
 
 from nrcc_scale.config import ConfigError, load_config
 from nrcc_scale.engine.checkpoint import find_latest_checkpoint, read_state
+from nrcc_scale.engine.context import RUN_DIR_TAG
 from nrcc_scale.engine.loop import FAULT_ENV, FAULT_MARKER_ENV
 from nrcc_scale.train import RAY_RUN_SNAPSHOT
 from nrcc_scale.tune import (
@@ -160,12 +161,14 @@ def _sweep_ready_to_kill(sweep_dir: Path, marker: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_sweep_interrupted_then_resumed(tmp_path: Path) -> None:
+def test_sweep_interrupted_then_resumed(tmp_path: Path, monkeypatch) -> None:
     sweep_dir = tmp_path / "smoke"
     marker = tmp_path / "hang_marker"
     cmd = [sys.executable, "-m", "nrcc_scale.tune", "--config", str(SMOKE), f"tune.storage_path={tmp_path}",
            f"train.epochs={EPOCHS}", "ray.num_cpus=2"]
-    env = _env(**{FAULT_ENV: "2:0:0:hang", FAULT_MARKER_ENV: str(marker)})
+    mlflow_store = tmp_path / "mlflow"
+    env = _env(**{FAULT_ENV: "2:0:0:hang", FAULT_MARKER_ENV: str(marker),
+                  "MLFLOW_TRACKING_URI": f"file://{mlflow_store}", "MLFLOW_ALLOW_FILE_STORE": "true"})
 
     log = tmp_path / "first.log"
     with log.open("w") as out:
@@ -190,9 +193,9 @@ def test_sweep_interrupted_then_resumed(tmp_path: Path) -> None:
     assert re.search(r"resumed from \S*/runs/trial_\w+/checkpoint_000001 at epoch 1", out), out[-5000:]
 
     # every trial trained epochs 1..EPOCHS exactly once, and was evaluated
-    runs = sorted((sweep_dir / RUNS_DIR).glob("trial_*"))
-    assert len(runs) == 2
-    for run in runs:
+    runs_dirs = sorted((sweep_dir / RUNS_DIR).glob("trial_*"))
+    assert len(runs_dirs) == 2
+    for run in runs_dirs:
         history = read_state(find_latest_checkpoint(run))["history"]
         assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1)), run
         assert 0.0 <= json.loads((run / "metrics.json").read_text())["nmi"] <= 1.0
@@ -214,3 +217,26 @@ def test_sweep_interrupted_then_resumed(tmp_path: Path) -> None:
         assert list(trial_dir.glob("events.out.tfevents.*")), trial_dir
         results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line]
         assert {r.get("epoch") for r in results} >= {EPOCHS} and any(r.get("evaluated") for r in results)
+
+    # MLflow (a real local store): Tune's MLflowLoggerCallback records each trial's results, and each
+    # trial's training workers log one loss series over epochs 1..EPOCHS, continued across the resume
+    # (Tune's callback starts new MLflow runs for the trials of a resumed sweep: the killed attempt's runs
+    # stay RUNNING in the store; that is Ray's behaviour.)
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=f"file://{mlflow_store}")
+    experiment = client.get_experiment_by_name("smoke")
+    assert experiment is not None, "the sweep's MLflow experiment is missing"
+    runs = client.search_runs([experiment.experiment_id])
+    training = [r for r in runs if RUN_DIR_TAG in r.data.tags]
+    assert sorted(Path(r.data.tags[RUN_DIR_TAG]).name for r in training) == sorted(r.name for r in runs_dirs)
+    for run in training:
+        # one series per trial; an epoch that was trained but not checkpointed before the kill is trained
+        # (and logged) again after the resume, but nothing restarts from epoch 1
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        assert steps == sorted(steps) and sorted(set(steps)) == list(range(1, EPOCHS + 1)), steps
+        assert steps.count(1) == 1, (run.data.tags[RUN_DIR_TAG], steps)
+    tune_runs = [r for r in runs if RUN_DIR_TAG not in r.data.tags and "nmi" in r.data.metrics]
+    assert sorted(float(r.data.params["method.nrcc.weight"]) for r in tune_runs) == [0.1, 0.5], \
+        [(r.info.run_name, r.data.params) for r in runs]

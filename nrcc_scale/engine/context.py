@@ -24,6 +24,7 @@ from nrcc_scale.engine.checkpoint import checkpoint_name, find_latest_checkpoint
 from nrcc_scale.utils.files import atomic_directory
 
 TENSORBOARD_DIR = "tensorboard"
+RUN_DIR_TAG = "nrcc_scale.run_dir"  # MLflow tag: the run folder a training run writes (finds it on resume)
 
 
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -63,8 +64,23 @@ class EpochLogger:
             except ImportError:
                 mlflow = None
             if mlflow is not None:
-                mlflow.start_run(run_name=run_name or None)
                 self._mlflow = mlflow
+                self._start_mlflow_run(run_dir, run_name)
+
+    def _start_mlflow_run(self, run_dir: Path | None, run_name: str) -> None:
+        """A new MLflow run (in ``MLFLOW_EXPERIMENT_NAME``'s experiment, else MLflow's default), or, when a
+        run for the same run folder exists (a resumed training), that run continued: its metric history
+        stays one series over epochs instead of one MLflow run per attempt."""
+        mlflow = self._mlflow
+        tags = {RUN_DIR_TAG: str(run_dir)} if run_dir is not None else {}
+        if run_dir is not None:
+            previous = mlflow.search_runs(filter_string=f"tags.`{RUN_DIR_TAG}` = '{run_dir}'",
+                                          order_by=["attributes.start_time DESC"], max_results=1,
+                                          output_format="list")
+            if previous:
+                mlflow.start_run(run_id=previous[0].info.run_id)
+                return
+        mlflow.start_run(run_name=run_name or None, tags=tags)
 
     def log(self, metrics: dict[str, Any], epoch: int) -> None:
         values = numeric_metrics(metrics)
