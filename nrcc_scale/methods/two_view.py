@@ -88,11 +88,15 @@ class TwoViewMethod(SSLMethod):
         sghmc = self.nrcc.sghmc
         want_grad = self.use_nrcc and needs_gradient(self.nrcc.negatives) and not (
             sghmc.resolution and sghmc.resolution != x_a.shape[-1])
-        if want_grad:
-            x_a = x_a.detach().requires_grad_(True)
+        # x^a with an input gradient goes only through the network whose forward the potential reuses:
+        # through the online network (trained), it would make the main backward compute and store a
+        # gradient for the pixels as well
+        x_a = x_a.detach()
+        x_a_potential = x_a.requires_grad_(True) if want_grad else x_a
+        online_a = x_a_potential if (want_grad and not self.has_target) else x_a.detach()
 
         out: dict[str, Tensor] = {}
-        out["h_a"], out["z_a"] = self.online(x_a)
+        out["h_a"], out["z_a"] = self.online(online_a)
         out["h_b"], out["z_b"] = self.online(x_b)
         if self.has_predictor:
             out["p_a"], out["p_b"] = self.predictor(out["z_a"]), self.predictor(out["z_b"])
@@ -100,12 +104,12 @@ class TwoViewMethod(SSLMethod):
             with torch.no_grad():
                 out["ht_b"], out["zt_b"] = self.target(x_b)
             with torch.set_grad_enabled(want_grad):  # gradient w.r.t. the input only (params are frozen)
-                out["ht_a"], out["zt_a"] = self.target(x_a)
+                out["ht_a"], out["zt_a"] = self.target(x_a_potential)
 
         loss = self.base_loss(out)
         metrics: dict[str, Tensor] = {"loss_base": loss.detach()}
         if self.use_nrcc:
-            x_c = self._make_negative_views(x_a, x_c, out, want_grad)
+            x_c = self._make_negative_views(x_a_potential, x_c, out, want_grad)
             reg = self._nrcc_term(out, x_c)
             metrics["loss_nrcc"] = reg.detach()
             loss = loss + reg
@@ -138,7 +142,8 @@ class TwoViewMethod(SSLMethod):
             # reuse the forward of x^a the base method already did: only an input-backward is added
             feats = self._potential_features(out[f"h{prefix}_a"], out[f"z{prefix}_a"])
             potential = alignment_potential(feats, ref, sghmc.potential_pairs)
-            (first_grad,) = torch.autograd.grad(potential, x_a, retain_graph=True)
+            # the online graph is still needed by the main loss; the target's is not
+            (first_grad,) = torch.autograd.grad(potential, x_a, retain_graph=not self.has_target)
         return negative_views(kind, x_a.detach(), grad_at, sghmc, first_grad=first_grad)
 
     def _nrcc_term(self, out: dict[str, Tensor], x_c: Tensor) -> Tensor:
