@@ -339,7 +339,7 @@ def test_epoch_logger_feeds_tensorboard_and_mlflow_when_asked(tmp_path: Path, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{store}")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for a database otherwise
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "nrcc-test")
-    run_dir = tmp_path / "runs" / "run_b"
+    run_dir = tmp_path / "runs" / "it's run_b"  # a quote: MLflow filter strings have no escapes
     for epoch, loss in ((1, 0.75), (2, 0.5)):  # two attempts: the second resumes the same run folder
         logger = EpochLogger(run_dir, "run_b")
         logger.log({"loss": loss, "epoch": epoch, "note": "text", "bad": float("nan"), "flag": True}, epoch)

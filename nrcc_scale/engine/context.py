@@ -74,9 +74,11 @@ class EpochLogger:
         mlflow = self._mlflow
         tags = {RUN_DIR_TAG: str(run_dir)} if run_dir is not None else {}
         if run_dir is not None:
-            previous = mlflow.search_runs(filter_string=f"tags.`{RUN_DIR_TAG}` = '{run_dir}'",
-                                          order_by=["attributes.start_time DESC"], max_results=1,
-                                          output_format="list")
+            # MLflow's filter strings have no escapes: quote with whichever quote the path lacks
+            quote = "'" if "'" not in str(run_dir) else '"'
+            previous = [] if quote in str(run_dir) else mlflow.search_runs(
+                filter_string=f"tags.`{RUN_DIR_TAG}` = {quote}{run_dir}{quote}",
+                order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
             if previous:
                 mlflow.start_run(run_id=previous[0].info.run_id)
                 return

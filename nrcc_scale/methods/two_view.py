@@ -91,9 +91,9 @@ class TwoViewMethod(SSLMethod):
         # x^a with an input gradient goes only through the network whose forward the potential reuses:
         # through the online network (trained), it would make the main backward compute and store a
         # gradient for the pixels as well
-        x_a = x_a.detach()
-        x_a_potential = x_a.requires_grad_(True) if want_grad else x_a
-        online_a = x_a_potential if (want_grad and not self.has_target) else x_a.detach()
+        pixels_a = x_a.detach()
+        x_a_potential = pixels_a.detach().requires_grad_(True) if want_grad else pixels_a
+        online_a = pixels_a if self.has_target else x_a_potential
 
         out: dict[str, Tensor] = {}
         out["h_a"], out["z_a"] = self.online(online_a)
