@@ -266,7 +266,7 @@ class _Backend:
                 acc += self.take_rows(w_ext, idx)
         return acc
 
-    def run(self, X: Any, h: float, max_iter: int) -> tuple[np.ndarray, np.ndarray, int]:
+    def run(self, X: Any, h: float, max_iter: int, bar: Any = None) -> tuple[np.ndarray, np.ndarray, int]:
         """GridShift on float64 backend array X; returns (labels, modes, iterations) as NumPy.
 
         The state of the occupied cells is their sorted keys and ``w`` = [count, coordinate sums] (float64,
@@ -299,6 +299,9 @@ class _Backend:
             w[:, 1:] = means * w[:, :1]  # every point of a cell now sits at the cell's new mean
             w = self.segment_sum(w, inverse, len(keys))
             cell_map = inverse if cell_map is None else inverse[cell_map]
+            if bar is not None:  # a tqdm bar (rate, occupied cells); the iteration count is not known ahead
+                bar.update(1)
+                bar.set_postfix(cells=len(keys), refresh=False)
             if len(keys) == m_before:  # nothing merged: the partition is final
                 break
         labels = point_cell if cell_map is None else cell_map[point_cell]
@@ -493,10 +496,12 @@ class GridShift:
     (float32 input is upcast, so float32 data gives the partition of its float64 copy). Outputs are NumPy.
     """
 
-    def __init__(self, bandwidth: float | None = None, max_iter: int = 100, backend: str = "auto") -> None:
+    def __init__(self, bandwidth: float | None = None, max_iter: int = 100, backend: str = "auto",
+                 progress: bool = False) -> None:
         self.bandwidth = bandwidth
         self.max_iter = max_iter
         self.backend = backend
+        self.progress = progress  # a tqdm bar over the shift-and-merge iterations
 
     def _backend_for(self, X: Any) -> _Backend:
         if self.backend not in _BACKENDS:
@@ -538,7 +543,16 @@ class GridShift:
             Xb = torch.as_tensor(X, device=backend.device).to(torch.float64)
         else:
             Xb = (X.detach().cpu().numpy() if _is_tensor(X) else np.asarray(X)).astype(np.float64, copy=False)
-        self.labels_, self.cluster_centers_, self.n_iter_ = backend.run(Xb, h, int(self.max_iter))
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=int(self.max_iter), desc="GridShift iterations", unit="it", leave=False)
+        try:
+            self.labels_, self.cluster_centers_, self.n_iter_ = backend.run(Xb, h, int(self.max_iter), bar)
+        finally:
+            if bar is not None:
+                bar.close()
         self.bandwidth_ = h
         self.backend_ = backend.name
         return self

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,11 @@ from nrcc_scale.cluster import backends
 
 __all__ = [
     "GPU_MAX_K",
+    "GRAPH_BUILDERS",
+    "GraphChoice",
+    "choose_graph_builder",
+    "exact_max_rows",
+    "graph_recall",
     "KNNResult",
     "SearchPlan",
     "default_nlist",
@@ -88,6 +94,10 @@ class KNNResult:
     similarities: np.ndarray | None
     backend: str
     metric: str = "cosine"
+    recall: float | None = None  # against exact search on recall_rows random rows (knn_graph)
+    recall_rows: int = 0
+    choice: Any = None  # the GraphChoice that built it (knn_graph)
+    build_seconds: float = 0.0
 
     @property
     def n_neighbors(self) -> int:
@@ -229,25 +239,25 @@ def _faiss_index(database: np.ndarray, plan: SearchPlan, metric: str, seed: int,
     return index
 
 
-def _search_chunked(index: Any, queries: np.ndarray, k: int,
-                    chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _search_chunked(index: Any, queries: np.ndarray, k: int, chunk_size: int, progress: bool = False,
+                    desc: str = "kNN search") -> tuple[np.ndarray, np.ndarray]:
     """``index.search`` over ``chunk_size`` query rows at a time into preallocated outputs."""
     n = queries.shape[0]
     scores = np.empty((n, k), dtype=np.float32)
     ids = np.empty((n, k), dtype=np.int64)
-    for start in range(0, n, chunk_size):
+    for start in _progress(range(0, n, chunk_size), progress and n > chunk_size, desc, chunk_size):
         stop = min(n, start + chunk_size)
         scores[start:stop], ids[start:stop] = index.search(queries[start:stop], k)
     return scores, ids
 
 
 def _faiss_search(database: np.ndarray, queries: np.ndarray | None, plan: SearchPlan, metric: str,
-                  chunk_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+                  chunk_size: int, seed: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Scores (inner products for cosine, squared L2 otherwise) and ids, nearest first."""
     backends.set_faiss_threads()
     index = _faiss_index(database, plan, metric, seed, chunk_size)
     q = database if queries is None else queries
-    scores, ids = _search_chunked(index, q, plan.k, chunk_size)
+    scores, ids = _search_chunked(index, q, plan.k, chunk_size, progress, f"kNN {plan.backend}")
     if plan.index == "ivf":
         incomplete = np.flatnonzero((ids < 0).any(axis=1))
         if incomplete.size:  # the probed lists held fewer than k vectors: probe them all for those rows
@@ -297,7 +307,8 @@ def _drop_self(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndar
 # ---------------------------------------------------------------------------------------------- public API
 def knn_search(database: np.ndarray, queries: np.ndarray | None, k: int, *, metric: str = "cosine",
                exact_limit: int = 200_000, use_gpu: bool | None = None, chunk_size: int = 65536,
-               exclude_self: bool = False, nprobe: int | None = None, seed: int = 0) -> KNNResult:
+               exclude_self: bool = False, nprobe: int | None = None, seed: int = 0,
+               progress: bool = False) -> KNNResult:
     """The ``k`` nearest database rows of every query row (``queries=None``: of every database row).
 
     ``exclude_self`` (only with ``queries=None``) drops each point itself, robustly with duplicate points.
@@ -331,7 +342,7 @@ def knn_search(database: np.ndarray, queries: np.ndarray | None, k: int, *, metr
     backends.log_backend("knn", plan.backend, detail)
 
     if plan.library == "faiss":
-        scores, ids = _faiss_search(db, q, plan, metric, chunk_size, seed)
+        scores, ids = _faiss_search(db, q, plan, metric, chunk_size, seed, progress)
     else:
         scores, ids = _sklearn_search(db, q, plan, metric, chunk_size)
     if exclude_self:
@@ -341,30 +352,268 @@ def knn_search(database: np.ndarray, queries: np.ndarray | None, k: int, *, metr
     return KNNResult(ids, np.sqrt(np.maximum(scores, 0.0)).astype(np.float32), None, plan.backend, metric)
 
 
-def knn_graph(X: np.ndarray, n_neighbors: int, metric: str = "cosine", **kw: Any) -> KNNResult:
+# ------------------------------------------------------------------------------------------ graph builders
+#: The kNN-graph builders ``knn_graph`` can run (``eval.knn_backend``); "auto" picks by :func:`choose_graph_builder`.
+GRAPH_BUILDERS = ("faiss-exact", "faiss-ivf", "faiss-hnsw", "pynndescent", "sklearn")
+#: Exact search does N^2·d multiply-adds; it is the fastest CPU builder while N^2·d / cores stays below this
+#: (fitted in benchmarks/knn_scaling.py, see the module docstring: on 2 cores at d = 256 the break-even with
+#: pynndescent is ~1.0·10^5 rows).
+EXACT_WORK_PER_CORE = 1.3e12
+#: Rows whose neighbours are checked against exact search in every run (``graph_recall``).
+RECALL_SAMPLE = 1000
+#: faiss HNSW parameters (M links per node, construction / search beam widths), see the module docstring.
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 64
+
+
+def exact_max_rows(dim: int, cores: int) -> int:
+    """Largest N for which exact search is the fastest CPU builder: N^2·d <= EXACT_WORK_PER_CORE · cores."""
+    return int(math.sqrt(EXACT_WORK_PER_CORE * max(1, cores) / max(1, dim)))
+
+
+@dataclass(frozen=True)
+class GraphChoice:
+    """Which builder a graph is built with, on which device, and why (logged and written to metrics.json)."""
+
+    builder: str
+    gpu: bool
+    reason: str
+
+    @property
+    def backend(self) -> str:
+        if self.builder.startswith("faiss-"):
+            return f"faiss-{'gpu' if self.gpu else 'cpu'} {self.builder.removeprefix('faiss-')}"
+        return self.builder
+
+
+def _pynndescent_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pynndescent") is not None
+
+
+def choose_graph_builder(n: int, dim: int, cores: int, *, requested: str = "auto", gpu: bool = False,
+                         faiss: bool = True, pynndescent: bool = True) -> GraphChoice:
+    """The rule (module docstring, "Graph builder"): GPU -> faiss-GPU exact up to 2·10^5 rows, IVF beyond;
+    CPU -> faiss exact while ``N <= exact_max_rows(d, cores)``, pynndescent beyond (faiss IVF when
+    pynndescent is missing; scikit-learn when faiss is). ``requested`` (a name in :data:`GRAPH_BUILDERS`)
+    overrides the rule; a builder whose library is missing raises ``BackendUnavailableError``."""
+    if requested != "auto":
+        if requested not in GRAPH_BUILDERS:
+            raise ValueError(f"eval.knn_backend = {requested!r}; expected 'auto' or one of {GRAPH_BUILDERS}")
+        if requested.startswith("faiss-") and not faiss:
+            raise backends.BackendUnavailableError(f"stage knn: eval.knn_backend = {requested!r} but faiss is "
+                                                   "not installed (pip install faiss-cpu)")
+        if requested == "pynndescent" and not pynndescent:
+            raise backends.BackendUnavailableError("stage knn: eval.knn_backend = 'pynndescent' but pynndescent "
+                                                   "is not installed (pip install pynndescent)")
+        on_gpu = gpu and requested in ("faiss-exact", "faiss-ivf")
+        return GraphChoice(requested, on_gpu, "eval.knn_backend")
+    if gpu and faiss:
+        if n <= 200_000:
+            return GraphChoice("faiss-exact", True, "GPU, N <= 2e5")
+        return GraphChoice("faiss-ivf", True, "GPU, N > 2e5")
+    limit = exact_max_rows(dim, cores)
+    if n <= limit and faiss:
+        return GraphChoice("faiss-exact", False, f"CPU, N <= {limit} (exact_max_rows(d={dim}, cores={cores}))")
+    if pynndescent:
+        return GraphChoice("pynndescent", False, f"CPU, N > {limit} (exact_max_rows(d={dim}, cores={cores}))")
+    if faiss:
+        return GraphChoice("faiss-ivf", False, f"CPU, N > {limit}, pynndescent not installed")
+    return GraphChoice("sklearn", False, "neither faiss nor pynndescent installed")
+
+
+def _check_finite_rows(x: np.ndarray, name: str, chunk: int = 65536) -> None:
+    """NaN/Inf check in row blocks (no N x d boolean temporary)."""
+    for start in range(0, x.shape[0], chunk):
+        if not np.isfinite(x[start:start + chunk]).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def _pynndescent_graph(x: np.ndarray, n_neighbors: int, metric: str, seed: int | None, n_jobs: int,
+                       verbose: bool) -> tuple[np.ndarray, np.ndarray]:
+    """pynndescent with umap-learn's own parameters (``umap_.nearest_neighbors``: n_trees, n_iters,
+    max_candidates=60, low_memory), so that "ours" and "umap-learn alone" build the same kind of graph.
+    Returns (int32 ids, float32 distances), (n, n_neighbors), self included where pynndescent found it."""
+    from pynndescent import NNDescent
+
+    n = x.shape[0]
+    n_trees = min(64, 5 + int(round(n ** 0.5 / 20.0)))
+    n_iters = max(5, int(round(np.log2(n))))
+    index = NNDescent(x, n_neighbors=n_neighbors, metric=metric, random_state=seed, n_trees=n_trees,
+                      n_iters=n_iters, max_candidates=60, low_memory=True, n_jobs=n_jobs, verbose=verbose,
+                      compressed=False)
+    ids, dists = index.neighbor_graph
+    return np.asarray(ids, dtype=np.int32), np.asarray(dists, dtype=np.float32)
+
+
+def _hnsw_graph(data: np.ndarray, k: int, metric: str, chunk_size: int,
+                progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """faiss ``IndexHNSWFlat`` (CPU only); returns faiss scores (inner product / squared L2) and ids."""
+    faiss = backends.faiss_module()
+    backends.set_faiss_threads()
+    inner = metric == "cosine"
+    index = faiss.IndexHNSWFlat(data.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT if inner else faiss.METRIC_L2)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    for start in _progress(range(0, data.shape[0], chunk_size), progress, "kNN hnsw add", chunk_size):
+        index.add(data[start:start + chunk_size])
+    index.hnsw.efSearch = max(HNSW_EF_SEARCH, 2 * k)
+    return _search_chunked(index, data, k, chunk_size, progress=progress, desc="kNN hnsw search")
+
+
+def _progress(iterable: Any, enabled: bool, desc: str, rows_per_step: int = 1) -> Any:
+    """A tqdm bar (rate and ETA) over ``iterable`` when ``enabled``; the iterable itself otherwise."""
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, unit="chunk" if rows_per_step > 1 else "it", mininterval=2.0,
+                postfix=f"{rows_per_step} rows/chunk" if rows_per_step > 1 else None)
+
+
+def _exact_neighbours_of(x: np.ndarray, rows: np.ndarray, k: int, metric: str,
+                         block: int = 65536) -> np.ndarray:
+    """Exact distances (cosine distance or Euclidean) from ``x[rows]`` to their ``k`` nearest rows of ``x``
+    (each row itself included, at 0), ascending, by plain NumPy matrix products over row blocks of ``x``:
+    an implementation independent of every builder it checks."""
+    q = np.asarray(x[rows], dtype=np.float32)
+    if metric == "cosine":
+        q = l2_normalize(q)
+    best = np.full((len(rows), k), np.inf, dtype=np.float32)
+    q_sq = (q * q).sum(axis=1)[:, None]
+    for start in range(0, x.shape[0], block):
+        b = np.asarray(x[start:start + block], dtype=np.float32)
+        if metric == "cosine":
+            b = l2_normalize(b)
+            d = 1.0 - q @ b.T
+        else:
+            d = np.sqrt(np.maximum(q_sq - 2.0 * (q @ b.T) + (b * b).sum(axis=1)[None, :], 0.0))
+        merged = np.concatenate([best, d.astype(np.float32)], axis=1)
+        best = np.partition(merged, k - 1, axis=1)[:, :k]
+    return np.sort(best, axis=1)
+
+
+def graph_recall(x: np.ndarray, graph: KNNResult, sample: int = RECALL_SAMPLE, seed: int = 0,
+                 tolerance: float = 1e-5) -> float:
+    """Recall of a kNN graph against exact search on ``sample`` random rows: the fraction of each row's
+    ``n_neighbors - 1`` reported neighbours (self excluded) that lie no farther than its true
+    ``(n_neighbors - 1)``-th nearest other row (+ ``tolerance``). Distance-based, so ties and duplicate
+    points do not count as misses; the distances of the reported neighbours are recomputed here, not taken
+    from the graph."""
+    n, m = graph.indices.shape
+    if m < 2:
+        return 1.0
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
+    exact = _exact_neighbours_of(x, rows, m, graph.metric)  # column 0 is each row itself (distance 0)
+    threshold = exact[:, m - 1][:, None] + tolerance
+    q = np.asarray(x[rows], dtype=np.float32)
+    found = np.asarray(x[graph.indices[rows, 1:].ravel()], dtype=np.float32).reshape(len(rows), m - 1, -1)
+    if graph.metric == "cosine":
+        q, found = l2_normalize(q), l2_normalize(found.reshape(-1, found.shape[-1])).reshape(found.shape)
+        dist = 1.0 - np.einsum("rd,rjd->rj", q, found)
+    else:
+        dist = np.linalg.norm(found - q[:, None, :], axis=2)
+    return float((dist <= threshold).mean())
+
+
+def _self_first(scores_or_dists: np.ndarray, ids: np.ndarray, self_value: float) -> tuple[np.ndarray, np.ndarray]:
+    """(n, m) neighbour lists that may or may not contain each row -> (n, m) with the row itself in column 0
+    (at ``self_value``) followed by its m - 1 nearest other rows (see :func:`_drop_self`)."""
+    n = ids.shape[0]
+    values, others = _drop_self(scores_or_dists, ids)
+    own = np.arange(n, dtype=ids.dtype)[:, None]
+    return (np.hstack([np.full((n, 1), self_value, values.dtype), values]),
+            np.hstack([own, others]))
+
+
+def knn_graph(X: np.ndarray, n_neighbors: int, metric: str = "cosine", *, backend: str = "auto",
+              use_gpu: bool | None = None, seed: int | None = 0, n_jobs: int | None = None,
+              progress: bool = False, recall_sample: int = RECALL_SAMPLE, min_recall: float | None = None,
+              **kw: Any) -> KNNResult:
     """The kNN graph of ``X`` in umap-learn's ``precomputed_knn`` layout: ``n_neighbors`` columns, each
     point itself first (``indices[:, 0] == i``, distance 0, similarity 1), then its ``n_neighbors - 1``
     nearest other points. The self column is written, not searched, so duplicates cannot displace it.
-    ``kw`` goes to :func:`knn_search` (``exact_limit``, ``use_gpu``, ``chunk_size``, ``nprobe``, ``seed``).
+    ``indices`` are int32, ``distances`` (and cosine ``similarities``) float32.
+
+    ``backend``: "auto" (:func:`choose_graph_builder`) or a name in :data:`GRAPH_BUILDERS`. ``n_jobs``:
+    threads for pynndescent (default :func:`backends.cpu_threads`). ``recall_sample`` rows (0 = none) are
+    checked against exact search (:func:`graph_recall`); the result carries ``recall`` and ``choice``. With
+    ``min_recall`` and ``backend="auto"``, a graph below it is rebuilt with faiss (exact up to the rule's
+    limit, IVF beyond) and a warning says so. ``kw`` goes to :func:`knn_search` for the faiss builders
+    (``exact_limit`` is ignored: the builder decides; ``chunk_size``, ``nprobe``).
     """
     _check_metric(metric)
     if n_neighbors < 1:
         raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
-    n = np.asarray(X).shape[0]
+    arr = np.asarray(X)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"X must be a non-empty 2-D array (n, d), got shape {arr.shape}")
+    n, dim = arr.shape
     if n_neighbors > n:
         raise ValueError(f"n_neighbors={n_neighbors} exceeds the number of samples {n}")
-    self_ids = np.arange(n, dtype=np.int64)[:, None]
     if n_neighbors == 1:
         _prepare(X, metric, "X")  # same validation as the searched case
         sims = np.ones((n, 1), np.float32) if metric == "cosine" else None
-        return KNNResult(self_ids.copy(), np.zeros((n, 1), np.float32), sims, "none (self only)", metric)
-    res = knn_search(X, None, n_neighbors - 1, metric=metric, exclude_self=True, **kw)
-    indices = np.hstack([self_ids, res.indices])
-    distances = np.hstack([np.zeros((n, 1), np.float32), res.distances])
-    sims = None
-    if res.similarities is not None:
-        sims = np.hstack([np.ones((n, 1), np.float32), res.similarities])
-    return KNNResult(indices, distances, sims, res.backend, metric)
+        return KNNResult(np.arange(n, dtype=np.int32)[:, None], np.zeros((n, 1), np.float32), sims,
+                         "none (self only)", metric)
+    cores = backends.cpu_threads() if n_jobs is None else int(n_jobs)
+    gpu = False
+    if backend in ("auto", "faiss-exact", "faiss-ivf") and backends.faiss_available():
+        gpu = backends.select_faiss_gpu("knn", use_gpu)
+    choice = choose_graph_builder(n, dim, cores, requested=backend, gpu=gpu, faiss=backends.faiss_available(),
+                                  pynndescent=_pynndescent_available())
+    kw.pop("exact_limit", None)
+    start = time.perf_counter()
+    graph = _build(arr, n_neighbors, metric, choice, seed, cores, progress, use_gpu, kw)
+    seconds = time.perf_counter() - start
+    if recall_sample > 0:
+        graph.recall = graph_recall(arr, graph, sample=recall_sample, seed=seed or 0)
+        graph.recall_rows = min(recall_sample, n)
+        if min_recall is not None and graph.recall < min_recall and backend == "auto" \
+                and choice.builder not in ("faiss-exact", "sklearn") and backends.faiss_available():
+            fallback = "faiss-exact" if n <= exact_max_rows(dim, cores) else "faiss-ivf"
+            log.warning("stage knn: %s reached recall %.4f < eval.knn_min_recall %.3f on %d rows; rebuilding "
+                        "with %s", choice.backend, graph.recall, min_recall, graph.recall_rows, fallback)
+            choice = GraphChoice(fallback, gpu, f"recall of {choice.builder} {graph.recall:.4f} < {min_recall}")
+            graph = _build(arr, n_neighbors, metric, choice, seed, cores, progress, use_gpu, kw)
+            graph.recall = graph_recall(arr, graph, sample=recall_sample, seed=seed or 0)
+            graph.recall_rows = min(recall_sample, n)
+    graph.choice = choice
+    graph.build_seconds = seconds
+    return graph
+
+
+def _build(arr: np.ndarray, n_neighbors: int, metric: str, choice: GraphChoice, seed: int | None, cores: int,
+           progress: bool, use_gpu: bool | None, kw: dict[str, Any]) -> KNNResult:
+    """Run one builder; return the graph in :func:`knn_graph`'s layout."""
+    n = arr.shape[0]
+    backends.log_backend("knn", choice.backend, f"N={n}, d={arr.shape[1]}, k={n_neighbors}, metric={metric}; "
+                         f"{choice.reason}")
+    if choice.builder == "pynndescent":
+        _check_finite_rows(arr, "X")
+        ids, dists = _pynndescent_graph(arr, n_neighbors, metric, seed, cores, progress)
+        dists, ids = _self_first(dists, ids, 0.0)
+    elif choice.builder == "faiss-hnsw":
+        data = _prepare(arr, metric, "X")
+        scores, ids = _hnsw_graph(data, n_neighbors, metric, kw.get("chunk_size", 65536), progress)
+        del data
+        if metric == "cosine":
+            dists = np.maximum(1.0 - scores, 0.0, dtype=np.float32)
+        else:
+            dists = np.sqrt(np.maximum(scores, 0.0)).astype(np.float32)
+        dists, ids = _self_first(dists, ids.astype(np.int32), 0.0)
+    else:
+        limit = {"faiss-exact": n + 1, "faiss-ivf": 0, "sklearn": n + 1}[choice.builder]
+        gpu_flag = use_gpu if choice.gpu else False
+        res = knn_search(arr, None, n_neighbors - 1, metric=metric, exclude_self=True, exact_limit=limit,
+                         use_gpu=gpu_flag, progress=progress, seed=seed or 0, **kw)
+        self_col = np.arange(n, dtype=np.int32)[:, None]
+        ids = np.hstack([self_col, res.indices.astype(np.int32)])
+        dists = np.hstack([np.zeros((n, 1), np.float32), res.distances])
+    dists = np.ascontiguousarray(dists, dtype=np.float32)
+    if metric == "cosine":
+        dists = np.maximum(dists, 0.0)
+    sims = (1.0 - dists).astype(np.float32) if metric == "cosine" else None
+    return KNNResult(np.ascontiguousarray(ids, dtype=np.int32), dists, sims, choice.backend, metric)
 
 
 def _as_labels(labels: Any, n: int, name: str) -> np.ndarray:

@@ -19,9 +19,22 @@ lacks cuML); an explicit "cuml" that cannot run raises ``BackendUnavailableError
   columns (for fewer than 4096 samples it does not prune wider inputs itself), C-contiguous float32
   distances (numba signatures), and it overwrites disconnected entries in place - so a trimmed private
   copy is passed.
-* Seeds: with ``seed`` set umap-learn forces ``n_jobs=1`` (its SGD is only reproducible single-threaded).
-  We choose reproducibility by default (``seed=0``, single-threaded, passed explicitly so umap-learn does
-  not warn); ``seed=None`` runs on all :func:`backends.cpu_threads`, faster and not reproducible.
+* Cores and seeds (issue 17): by default UMAP's SGD runs on every core the process may use
+  (``n_jobs = backends.cpu_threads()``). umap-learn forces ``n_jobs=1`` whenever ``random_state`` is set,
+  so the default does not pass it; the seed still fixes what it can: the initial layout is computed here
+  from ``seed`` (see ``init``) and handed to umap-learn as an array. The parallel SGD updates shared
+  coordinates without locks, so two runs differ in the last digits and the clustering is stable in quality
+  only (NMI within .01, ``tests/test_reduce.py``). ``deterministic=True`` (``eval.deterministic``) passes
+  ``random_state=seed`` and ``n_jobs=1``: bit-for-bit reproducible, at the cost of one core - on 2 cores
+  the issue measured 108 s vs 57 s at 250k points and 1285 s vs 543 s at 1.28M (``init="pca"``); on a
+  32-core node it leaves 31 cores idle.
+* ``init``: "spectral" (umap-learn's default: eigenvectors of the graph Laplacian, by umap-learn with the
+  seed), "pca" (the first ``n_components`` principal axes of X, computed here from a float64 256x256
+  covariance accumulated over float32 row blocks - no float64 copy of X - scaled to umap-learn's +-10 box
+  with 1e-4 seeded jitter, as umap-learn's own "pca" init), or "auto" = spectral up to
+  ``PCA_INIT_ABOVE`` rows and pca beyond (the spectral solver's cost grows faster than linearly and with the
+  number of graph components, 1000 classes at ImageNet scale; benchmarks/eval_end_to_end.py compares
+  both). ``progress`` shows umap-learn's tqdm bar over the SGD epochs.
 * UMAP, GPU: ``cuml.manifold.UMAP`` with the same parameters, ``output_type="numpy"``, and the faiss graph as
   ``precomputed_knn`` when ``knn`` is given or faiss-GPU can build it; otherwise cuML builds its own graph
   by exact brute force (``build_algo="brute_force_knn"``, which supports cosine). cuML is reproducible
@@ -41,7 +54,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,13 +62,16 @@ import numpy as np
 from nrcc_scale.cluster import backends
 from nrcc_scale.cluster.knn import METRICS, KNNResult, knn_graph, l2_normalize
 
-__all__ = ["METHODS", "ReductionResult", "reduce_dimension", "resolve_backend"]
+__all__ = ["INITS", "METHODS", "ReductionResult", "pca_init", "reduce_dimension", "resolve_backend", "resolve_init"]
 
 log = logging.getLogger("nrcc_scale.cluster")
 
 METHODS = ("umap", "tsne")
 _CPU_NAMES = {"umap": "umap-learn", "tsne": "sklearn"}
 _CPU_ALIASES = ("cpu", "umap-learn", "sklearn")
+#: ``init="auto"``: spectral up to this many rows, PCA beyond.
+PCA_INIT_ABOVE = 100_000
+INITS = ("auto", "spectral", "pca")
 #: t-SNE's usual perplexity.
 DEFAULT_PERPLEXITY = 30.0
 
@@ -68,6 +84,7 @@ class ReductionResult:
     embedding: np.ndarray
     backend: str
     seconds: float
+    params: dict[str, Any] = field(default_factory=dict)  # n_jobs, init, deterministic (what actually ran)
 
 
 def resolve_backend(method: str, backend: str, n_components: int) -> str:
@@ -127,22 +144,86 @@ def _umap_knn(knn: KNNResult, n: int, n_neighbors: int, metric: str) -> tuple[np
                          "needs at least that many")
     if not np.array_equal(knn.indices[:, 0], np.arange(n)):
         raise ValueError("knn must hold each point itself in column 0 (build it with knn_graph)")
-    indices = np.array(knn.indices[:, :n_neighbors], dtype=np.int64, order="C", copy=True)
+    indices = np.array(knn.indices[:, :n_neighbors], dtype=np.int32, order="C", copy=True)
     distances = np.array(knn.distances[:, :n_neighbors], dtype=np.float32, order="C", copy=True)
     return indices, distances
 
 
+def pca_init(X: np.ndarray, n_components: int, seed: int | None, block: int = 65536) -> np.ndarray:
+    """umap-learn's "pca" initial layout without a float64 copy of X: the top principal axes from a float64
+    d x d covariance accumulated over float32 row blocks, the projection scaled so that the largest
+    coordinate is 10, plus N(0, 1e-4) jitter from ``seed`` (``umap_.noisy_scale_coords``)."""
+    n, d = X.shape
+    total = np.zeros(d, dtype=np.float64)
+    gram = np.zeros((d, d), dtype=np.float64)
+    for start in range(0, n, block):
+        b = X[start:start + block]
+        total += b.sum(axis=0, dtype=np.float64)
+        gram += (b.T @ b).astype(np.float64)
+    mean = total / n
+    cov = gram / n - np.outer(mean, mean)
+    _, vectors = np.linalg.eigh(cov)
+    axes = vectors[:, ::-1][:, :n_components].astype(np.float32)
+    for j in range(n_components):  # a sign convention, so the layout does not depend on the eigen solver
+        if axes[np.argmax(np.abs(axes[:, j])), j] < 0:
+            axes[:, j] *= -1
+    out = np.empty((n, n_components), dtype=np.float32)
+    mean32 = mean.astype(np.float32)
+    for start in range(0, n, block):
+        out[start:start + block] = (X[start:start + block] - mean32) @ axes
+    out *= 10.0 / max(float(np.abs(out).max()), 1e-12)
+    out += np.random.default_rng(seed).normal(scale=1e-4, size=out.shape).astype(np.float32)
+    return out
+
+
+def resolve_init(init: str, n: int) -> str:
+    if init not in INITS:
+        raise ValueError(f"init (eval.umap_init) must be one of {INITS}, got {init!r}")
+    if init == "auto":
+        return "pca" if n > PCA_INIT_ABOVE else "spectral"
+    return init
+
+
 def _umap_learn(X: np.ndarray, n_components: int, n_neighbors: int, min_dist: float, metric: str,
-                seed: int | None, knn: KNNResult, verbose: bool) -> np.ndarray:
+                seed: int | None, knn: KNNResult, verbose: bool, init: str, deterministic: bool,
+                progress: bool) -> tuple[np.ndarray, dict[str, Any]]:
     import umap
 
+    n_jobs = 1 if deterministic else backends.cpu_threads()
+    # parallel by default: umap-learn runs single-threaded whenever random_state is set, so the seed goes
+    # into the initial layout instead (spectral: a seeded umap-learn spectral layout; pca: ours)
+    if init == "pca":
+        layout: Any = pca_init(X, n_components, seed)
+    elif deterministic or seed is None:
+        layout = "spectral"
+    else:
+        layout = _seeded_spectral(X, n_components, n_neighbors, metric, seed, knn)
+    tqdm_kwds = {"disable": not progress, "desc": "UMAP epochs", "mininterval": 2.0, "unit": "epoch"}
     model = umap.UMAP(n_neighbors=n_neighbors, n_components=n_components, min_dist=min_dist, metric=metric,
-                      random_state=seed, n_jobs=1 if seed is not None else backends.cpu_threads(),
-                      precomputed_knn=_umap_knn(knn, X.shape[0], n_neighbors, metric), verbose=verbose)
+                      random_state=seed if deterministic else None, n_jobs=n_jobs, init=layout,
+                      precomputed_knn=_umap_knn(knn, X.shape[0], n_neighbors, metric), verbose=verbose,
+                      tqdm_kwds=tqdm_kwds)
     with warnings.catch_warnings():
         # expected: without pynndescent's search index umap-learn cannot `transform` new points (not needed)
         warnings.filterwarnings("ignore", message=r".*knn_search_index.*", category=UserWarning)
-        return model.fit_transform(X)
+        embedding = model.fit_transform(X)
+    return embedding, {"n_jobs": n_jobs, "init": init, "deterministic": deterministic,
+                       "random_state": seed if deterministic else None}
+
+
+def _seeded_spectral(X: np.ndarray, n_components: int, n_neighbors: int, metric: str, seed: int,
+                     knn: KNNResult) -> np.ndarray:
+    """umap-learn's spectral initial layout of the fuzzy graph, with ``seed`` (as umap-learn computes it
+    when ``random_state`` is set), so that the parallel SGD starts from a reproducible layout."""
+    from umap.spectral import spectral_layout
+    from umap.umap_ import fuzzy_simplicial_set, noisy_scale_coords
+
+    indices, distances = _umap_knn(knn, X.shape[0], n_neighbors, metric)
+    graph, _, _ = fuzzy_simplicial_set(X, n_neighbors, np.random.RandomState(seed), metric,
+                                       knn_indices=indices, knn_dists=distances)
+    rng = np.random.RandomState(seed)
+    layout = spectral_layout(X, graph, n_components, rng, metric=metric)
+    return noisy_scale_coords(layout, rng, max_coord=10, noise=0.0001).astype(np.float32)
 
 
 def _umap_cuml(X: np.ndarray, n_components: int, n_neighbors: int, min_dist: float, metric: str,
@@ -153,7 +234,7 @@ def _umap_cuml(X: np.ndarray, n_components: int, n_neighbors: int, min_dist: flo
                               "metric": metric, "random_state": seed, "verbose": verbose,
                               "output_type": "numpy"}
     if knn is None and backends.faiss_gpu_available():
-        knn = knn_graph(X, n_neighbors, metric=metric, seed=seed or 0)
+        knn = knn_graph(X, n_neighbors, metric=metric, seed=seed or 0, recall_sample=0)
     if knn is not None:
         params["precomputed_knn"] = _umap_knn(knn, X.shape[0], n_neighbors, metric)
     else:
@@ -180,19 +261,22 @@ def _tsne(X: np.ndarray, n_components: int, metric: str, seed: int | None, perpl
 def reduce_dimension(X: np.ndarray, *, method: str = "umap", n_components: int = 3, n_neighbors: int = 10,
                      min_dist: float = 0.0, metric: str = "cosine", backend: str = "auto",
                      seed: int | None = 0, knn: KNNResult | None = None, verbose: bool = False,
-                     perplexity: float | None = None) -> ReductionResult:
+                     perplexity: float | None = None, init: str = "auto", deterministic: bool = False,
+                     progress: bool = False) -> ReductionResult:
     """Reduce ``X`` (n, d) to ``n_components`` dimensions with UMAP or t-SNE.
 
     ``knn``: the :func:`knn_graph` of ``X`` with the same metric and at least ``n_neighbors`` columns (UMAP
-    only; built here with faiss when None). ``seed``: int = reproducible (umap-learn single-threaded),
-    None = parallel. ``perplexity``: t-SNE only (default 30). Raises ValueError on NaN/Inf, too few samples,
-    or inconsistent parameters, naming the offending value.
+    only; built here when None). ``seed`` fixes the initial layout; ``deterministic=True`` makes UMAP
+    bit-for-bit reproducible (single-threaded), otherwise it runs on all cores (module docstring).
+    ``init``: "auto" | "spectral" | "pca". ``perplexity``: t-SNE only (default 30). Raises ValueError on
+    NaN/Inf, too few samples, or inconsistent parameters, naming the offending value.
     """
     start = time.perf_counter()
     data = _validate(X, method, n_components, n_neighbors, min_dist, metric)
     chosen = resolve_backend(method, backend, n_components)
     gpu = chosen == "cuml"
     name = ("cuml" if gpu else "umap-learn") if method == "umap" else ("cuml-tsne" if gpu else "sklearn-tsne")
+    params: dict[str, Any] = {}
     if method == "umap":
         backends.log_backend("reduce", name, f"UMAP N={data.shape[0]}, n_components={n_components}, "
                              f"n_neighbors={n_neighbors}, min_dist={min_dist}, metric={metric}")
@@ -200,8 +284,10 @@ def reduce_dimension(X: np.ndarray, *, method: str = "umap", n_components: int =
             embedding = _umap_cuml(data, n_components, n_neighbors, min_dist, metric, seed, knn, verbose)
         else:
             if knn is None:
-                knn = knn_graph(data, n_neighbors, metric=metric, seed=seed or 0)
-            embedding = _umap_learn(data, n_components, n_neighbors, min_dist, metric, seed, knn, verbose)
+                knn = knn_graph(data, n_neighbors, metric=metric, seed=seed or 0, recall_sample=0,
+                                n_jobs=1 if deterministic else None)
+            embedding, params = _umap_learn(data, n_components, n_neighbors, min_dist, metric, seed, knn,
+                                            verbose, resolve_init(init, data.shape[0]), deterministic, progress)
     else:
         perp = DEFAULT_PERPLEXITY if perplexity is None else float(perplexity)
         perp = min(perp, (data.shape[0] - 1) / 3.0)
@@ -211,4 +297,4 @@ def reduce_dimension(X: np.ndarray, *, method: str = "umap", n_components: int =
                              f"perplexity={perp:.4g}, metric={metric}")
         embedding = _tsne(data, n_components, metric, seed, perp, gpu, verbose)
     out = np.ascontiguousarray(np.asarray(embedding), dtype=np.float32)
-    return ReductionResult(embedding=out, backend=name, seconds=time.perf_counter() - start)
+    return ReductionResult(embedding=out, backend=name, seconds=time.perf_counter() - start, params=params)
