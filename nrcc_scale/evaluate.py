@@ -57,7 +57,7 @@ def _from_embeddings(args: argparse.Namespace) -> tuple[dict, str, Path]:
 
     if args.labels is None:
         raise ConfigError("--embeddings needs --labels y.npy (ground truth, used only for scoring)")
-    features = _load_array(args.embeddings, "--embeddings").astype(np.float32)
+    features = _load_array(args.embeddings, "--embeddings").astype(np.float32, copy=False)
     labels = _load_array(args.labels, "--labels")
     if features.ndim != 2 or labels.ndim != 1 or len(features) != len(labels):
         raise ConfigError(f"--embeddings {args.embeddings} has shape {features.shape} and --labels {args.labels} "

@@ -17,15 +17,27 @@ MAX_CONFUSION_CLASSES = 100
 def format_table(result: EvaluationResult, extra_rows: dict[str, float] | None = None) -> str:
     rows = [result.main] + list(result.baselines.values())
     width = max(len(r.name) for r in rows) + 2
-    head = f"{'':<{width}}{'NMI':>8}{'ACC':>8}{'ARI':>8}{'AMI':>8}{'clusters':>10}"
+    head = f"{'':<{width}}{'NMI':>8}{'ACC':>8}{'ARI':>8}{'AMI':>8}{'clusters':>10}{'noise':>8}{'seconds':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         s = r.scores
+        noise = f"{100 * r.info['noise_fraction']:.1f}%" if "noise_fraction" in r.info else "-"
+        secs = sum(v for k, v in r.seconds.items() if k != "baselines")
         lines.append(f"{r.name:<{width}}{s['nmi']:>8.4f}{s['acc']:>8.4f}{s['ari']:>8.4f}{s['ami']:>8.4f}"
-                     f"{s['num_clusters']:>10d}")
+                     f"{s['num_clusters']:>10d}{noise:>8}{secs:>9.1f}")
     lines.append(f"(true classes: {result.main.scores['num_classes']}; GridShift bandwidth "
                  f"{result.main.bandwidth:.4g}; global std {result.extra['global_std']:.4f}, "
                  f"1/sqrt(d) = {1 / np.sqrt(result.extra['embedding_dim']):.4f})")
+    stages = result.main.seconds
+    if stages:
+        total = sum(stages.values())
+        lines.append("stages: " + ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f}%)" for k, v in stages.items()))
+    knn = result.main.info.get("knn")
+    if knn:
+        lines.append(f"kNN graph: {knn['builder']}, recall {knn['recall']:.4f} against exact search on "
+                     f"{knn['recall_rows']} rows (floor {knn['min_recall']})")
+    if any("noise_fraction" in r.info for r in rows):
+        lines.append("HDBSCAN noise counts as one extra cluster in its scores")
     for key, value in (extra_rows or {}).items():
         lines.append(f"{key}: {value:.4f}")
     return "\n".join(lines)
@@ -85,10 +97,11 @@ def scatter_plot(reduced: np.ndarray, true_labels: np.ndarray, predicted: np.nda
         ax = fig.add_subplot(1, 2, i + 1, projection="3d" if three_d else None)
         if three_d:
             ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], c=_colours(labels, colour_count), s=size, linewidths=0,
-                       depthshade=False)
+                       depthshade=False, rasterized=True)
             ax.view_init(elev=25, azim=45)
         else:
-            ax.scatter(pts[:, 0], pts[:, 1], c=_colours(labels, colour_count), s=size, linewidths=0)
+            ax.scatter(pts[:, 0], pts[:, 1], c=_colours(labels, colour_count), s=size, linewidths=0,
+                       rasterized=True)
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
