@@ -77,6 +77,9 @@ def test_evaluate_embeddings_writes_the_report(tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_clusters"] == 6 and metrics["ari"] > 0.99  # well-separated blobs, no k given
     assert metrics["baselines"]["kmeans_true_k"]["num_clusters"] == 6
+    hdbscan = metrics["baselines"]["umap_hdbscan"]
+    assert hdbscan["nmi"] > 0.9 and "noise_fraction" in hdbscan
+    assert "learned: UMAP + HDBSCAN" in proc.stdout and metrics["knn"]["recall"] == 1.0
     assert {"knn", "reduce", "cluster"} <= set(metrics["backends"])
     assert "backends: knn faiss" in proc.stdout
     for name in ("umap_scatter.png", "confusion.png"):

@@ -272,3 +272,88 @@ def test_gpu_search_matches_cpu_and_large_k_falls_back():
     assert ivf.backend == "faiss-gpu ivf"
     big = knn_search(db, db[:50], GPU_MAX_K + 10, use_gpu=True)
     assert big.backend == "faiss-cpu exact" and big.indices.shape == (50, GPU_MAX_K + 10)
+
+
+# --------------------------------------------------------------------- graph builders, the rule, recall
+from nrcc_scale.cluster import knn as knn_module  # noqa: E402
+from nrcc_scale.cluster.knn import (  # noqa: E402
+    GRAPH_BUILDERS,
+    choose_graph_builder,
+    exact_max_rows,
+    graph_recall,
+)
+
+
+def test_rule_picks_each_builder_where_it_should():
+    # CPU: exact up to the break-even N (which grows with cores and shrinks with d), pynndescent beyond
+    limit = exact_max_rows(256, 2)
+    assert 90_000 < limit < 110_000  # ~10^5 at d = 256 on 2 cores (module docstring's measurements)
+    assert exact_max_rows(64, 2) == pytest.approx(2 * limit, rel=0.01)
+    assert exact_max_rows(256, 32) == pytest.approx(4 * limit, rel=0.01)
+    assert choose_graph_builder(limit, 256, 2).builder == "faiss-exact"
+    assert choose_graph_builder(limit + 1, 256, 2).builder == "pynndescent"
+    assert choose_graph_builder(1_281_167, 256, 2).backend == "pynndescent"
+    assert choose_graph_builder(128_117, 256, 32).builder == "faiss-exact"  # many cores: exact goes further
+    assert choose_graph_builder(10_000, 1024, 2).builder == "faiss-exact"
+    # missing libraries
+    assert choose_graph_builder(10**6, 256, 2, pynndescent=False).builder == "faiss-ivf"
+    assert choose_graph_builder(10**6, 256, 2, pynndescent=False, faiss=False).builder == "sklearn"
+    assert choose_graph_builder(10**6, 256, 2, faiss=False).builder == "pynndescent"
+    # GPU: faiss on the device, exact then IVF
+    gpu_small = choose_graph_builder(10**5, 256, 2, gpu=True)
+    assert (gpu_small.builder, gpu_small.gpu, gpu_small.backend) == ("faiss-exact", True, "faiss-gpu exact")
+    assert choose_graph_builder(10**6, 256, 2, gpu=True).backend == "faiss-gpu ivf"
+    # the override wins, and a missing library is one clear error
+    for name in GRAPH_BUILDERS:
+        assert choose_graph_builder(10**6, 256, 2, requested=name).builder == name
+    with pytest.raises(ValueError, match="eval.knn_backend"):
+        choose_graph_builder(10, 4, 2, requested="annoy")
+    with pytest.raises(backends.BackendUnavailableError, match="pynndescent is not installed"):
+        choose_graph_builder(10, 4, 2, requested="pynndescent", pynndescent=False)
+
+
+@pytest.mark.parametrize("builder", ["faiss-exact", "faiss-ivf", "faiss-hnsw", "pynndescent", "sklearn"])
+def test_every_builder_gives_the_umap_layout_and_its_recall(builder):
+    x = _clustered(3000, 11)
+    graph = knn_graph(x, 10, backend=builder, recall_sample=500)
+    n = x.shape[0]
+    assert graph.indices.shape == (n, 10) and graph.indices.dtype == np.int32
+    assert graph.distances.dtype == np.float32 and graph.similarities.dtype == np.float32
+    np.testing.assert_array_equal(graph.indices[:, 0], np.arange(n))
+    np.testing.assert_array_equal(graph.distances[:, 0], 0.0)
+    assert (graph.indices[:, 1:] != np.arange(n)[:, None]).all()
+    assert graph.backend == graph.choice.backend and graph.recall_rows == 500
+    assert graph.recall >= (0.999 if builder in ("faiss-exact", "sklearn") else 0.95), graph.recall
+    # the reported distances are the true cosine distances of the reported neighbours
+    xn = l2_normalize(x)
+    true = 1.0 - np.einsum("id,ijd->ij", xn, xn[graph.indices])
+    np.testing.assert_allclose(graph.distances[:, 1:], np.maximum(true[:, 1:], 0), atol=2e-3)
+
+
+def test_graph_recall_matches_a_brute_force_count():
+    x = _random(800, 16, 12)
+    exact = knn_graph(x, 8, backend="faiss-exact", recall_sample=0)
+    corrupted = knn_module.KNNResult(exact.indices.copy(), exact.distances.copy(), None, "test", "cosine")
+    rng = np.random.default_rng(0)
+    wrong = rng.random((800, 7)) < 0.3  # replace ~30% of the neighbours by random rows
+    corrupted.indices[:, 1:][wrong] = rng.integers(0, 800, wrong.sum())
+    got = graph_recall(x, corrupted, sample=800)
+    # independent count: reported neighbours (self excluded) that are among the true 7 nearest others
+    order, _ = _brute(x, x, 8, "cosine")
+    truth = [set(row[row != i][:7]) for i, row in enumerate(order)]
+    count = np.mean([len(truth[i] & set(corrupted.indices[i, 1:])) / 7 for i in range(800)])
+    # set counting misses tie-free random data by nothing; random replacements can hit a true neighbour
+    assert got == pytest.approx(count, abs=0.01)
+    assert graph_recall(x, exact, sample=800) == 1.0
+
+
+def test_low_recall_under_auto_is_rebuilt_with_faiss(monkeypatch, caplog):
+    # uniform 128-d noise is pynndescent's worst case (recall ~0.4 with umap-learn's parameters); make the
+    # rule pick it at this N, and check the floor sends the graph back to exact search with a warning
+    x = _random(4000, 128, 13)
+    monkeypatch.setattr(knn_module, "EXACT_WORK_PER_CORE", 4000**2 * 128 / 2 / 4)  # limit = 2000 rows
+    assert choose_graph_builder(4000, 128, 2).builder == "pynndescent"
+    with caplog.at_level(logging.WARNING, logger="nrcc_scale.cluster"):
+        graph = knn_graph(x, 10, n_jobs=2, min_recall=0.98)
+    assert graph.choice.builder == "faiss-exact" and graph.recall == 1.0
+    assert "rebuilding with faiss-exact" in caplog.text

@@ -51,12 +51,49 @@ def test_umap_with_faiss_knn_matches_umap_own_knn(blobs, faiss_umap):
     assert _clusters_found(ours, y) == 1.0 and _clusters_found(own, y) == 1.0
 
 
-def test_umap_is_reproducible_and_builds_the_same_graph_itself(blobs, faiss_umap):
+def test_deterministic_umap_is_bit_for_bit_and_builds_the_same_graph_itself(blobs):
     x, _ = blobs
-    # knn=None: the faiss graph is built inside; "auto" falls back to umap-learn where cuML cannot run
-    again = reduce_dimension(x, backend="umap-learn" if cuml_usable else "auto", seed=0)
+    first = reduce_dimension(x, backend="umap-learn", knn=knn_graph(x, 10), seed=0, deterministic=True)
+    assert first.params["n_jobs"] == 1 and first.params["random_state"] == 0
+    # knn=None: the graph is built inside; "auto" falls back to umap-learn where cuML cannot run
+    again = reduce_dimension(x, backend="umap-learn" if cuml_usable else "auto", seed=0, deterministic=True)
     assert again.backend == "umap-learn"
-    np.testing.assert_array_equal(again.embedding, faiss_umap.embedding)
+    np.testing.assert_array_equal(again.embedding, first.embedding)
+
+
+def test_default_umap_uses_every_core_of_the_process(blobs, faiss_umap):
+    import os
+
+    assert faiss_umap.params["n_jobs"] == len(os.sched_getaffinity(0)) == backends.cpu_threads()
+    assert faiss_umap.params["random_state"] is None and faiss_umap.params["deterministic"] is False
+
+
+def test_default_umap_is_stable_in_quality():
+    from nrcc_scale.cluster import GridShift, clustering_scores
+
+    # 12 overlapping-ish classes: a clustering that is good but not perfect, so an unstable run would show
+    x, y = make_blobs(n_samples=3000, n_features=24, centers=12, cluster_std=3.5, random_state=3)
+    x = x.astype(np.float32)
+    graph = knn_graph(x, 10)
+    nmis = [clustering_scores(y, GridShift().fit_predict(reduce_dimension(x, knn=graph, seed=0,
+                                                                             backend="umap-learn").embedding))["nmi"]
+            for _ in range(2)]
+    assert min(nmis) > 0.5 and abs(nmis[0] - nmis[1]) <= 0.01, nmis
+
+
+def test_pca_init_matches_scikit_learn_pca():
+    from sklearn.decomposition import PCA
+
+    from nrcc_scale.cluster.reduce import pca_init
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((5000, 16)) * np.linspace(4, 0.5, 16)).astype(np.float32) + 3.0
+    ours = pca_init(x, 3, seed=0, block=700)  # several row blocks
+    ref = PCA(n_components=3).fit_transform(x.astype(np.float64))
+    for j in range(3):
+        assert abs(np.corrcoef(ours[:, j], ref[:, j])[0, 1]) > 0.9999
+    assert np.abs(ours).max() == pytest.approx(10.0, abs=1e-3) and ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, pca_init(x, 3, seed=0, block=700))
 
 
 def test_wider_precomputed_knn_is_trimmed_to_n_neighbors(blobs, faiss_umap):
