@@ -18,7 +18,7 @@ def test_noise_is_one_extra_cluster_and_its_fraction_is_reported():
     noise = np.random.default_rng(1).uniform(-15, 15, size=(150, 3))
     x = np.vstack([x, noise]).astype(np.float32)
     result = hdbscan_cluster(x, min_cluster_size=30, backend="sklearn")
-    raw = HDBSCAN(min_cluster_size=30, min_samples=10).fit_predict(x)  # the library, called directly
+    raw = HDBSCAN(min_cluster_size=30, min_samples=10, copy=True).fit_predict(x)  # the library, called directly
     assert result.backend == "sklearn" and result.min_cluster_size == 30
     assert result.noise_fraction == pytest.approx(float((raw < 0).mean())) and result.noise_fraction > 0
     assert result.labels.min() >= 0
