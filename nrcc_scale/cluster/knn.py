@@ -27,9 +27,10 @@ Graph builder (:func:`choose_graph_builder`, ``eval.knn_backend`` overrides it)
     10^4 x 64: pynndescent 0.50 s, IVF 0.51 s, HNSW 1.4 s, exact 15 s (an outlier under load; 2.1 s at d=256);
     10^4 x 256: pynndescent 0.61 s, IVF 1.0 s, exact 2.1 s, HNSW 2.3 s;
     10^4 x 1024: exact 4.7 s, IVF 6.1 s, pynndescent 8.7 s, HNSW 19.7 s;
-    10^5 x 256: pynndescent 20.6 s (recall .995), IVF 59.8 s (recall 1.000), scikit-learn brute 255 s
-    (extrapolated from 4096 queries). faiss HNSW never won on this CPU.
-    **pynndescent's numba compilation costs ~100 s in a fresh process** (measured under load; umap-learn
+    10^5 x 256: pynndescent 20.6 s / 8.2 s (two runs; recall .995), IVF 59.8 s / 51.5 s (recall 1.000),
+    HNSW 28.2 s (recall .960), exact 208.8 s, scikit-learn brute 255 s / 108 s (extrapolated from 4096
+    queries). faiss HNSW never won on this CPU; exact suffers most from the load (OpenMP on busy cores).
+    **pynndescent's numba compilation costs 36-102 s in a fresh process** (measured under load; umap-learn
     pays it too). That is why the rule keeps faiss exact below the break-even even where compiled
     pynndescent is faster (10^4 rows at d <= 256): there the compile, not the search, is the cost.
   - ``benchmarks/eval_end_to_end.py`` at 128,117 x 256 (1000 classes): pynndescent recall .996.
