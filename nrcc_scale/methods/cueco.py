@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from nrcc_scale.config import Config, CueCoConfig
 from nrcc_scale.methods.base import Encoder, SSLMethod, StepOutput, normalized
 from nrcc_scale.methods.distributed import gather_no_grad
+from nrcc_scale.methods.precision import full_precision
 from nrcc_scale.models.ema import ema_momentum, ema_update, make_target
 
 
@@ -81,6 +82,7 @@ class MomentumClusters(nn.Module):
         return int(len(empty))
 
 
+@full_precision
 def cueco_losses(queries: Tensor, keys: Tensor, queue: Tensor, clusters: MomentumClusters,
                  cfg: CueCoConfig, assignment: Tensor) -> dict[str, Tensor]:
     """The three CueCo losses, means over the queries (all inputs L2-normalised)."""
