@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -99,7 +100,9 @@ class ModelConfig:
     projector_hidden: int = 1024
     projector_dim: int = 256
     predictor_hidden: int = 1024
-    channels_last: bool = False
+    # -- GPU (issue 10) --
+    channels_last: bool | None = None  # None: on for convolutional backbones on CUDA (faster cuDNN kernels)
+    sync_bn: bool | None = None  # SyncBatchNorm across workers; None: on for multi-GPU runs (stated in the log)
 
 
 @dataclass
@@ -175,7 +178,9 @@ class TrainConfig:
     num_workers: int = 2  # Ray Train workers (one process per GPU, or per CPU slot)
     cpus_per_worker: int = 1
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
-    amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | off | bf16 | fp16
+    # -- GPU (issue 10) --
+    amp: str = "auto"  # auto (bf16 where the GPU has it, else fp16 + GradScaler; off on CPU) | off | bf16 | fp16
+    compile: bool = False  # torch.compile the networks (CUDA; the first steps are slower while it compiles)
     checkpoint_every: int = 10  # epochs
     keep_checkpoints: int = 2
     monitor_every: int = 25  # epochs between kNN / std / clustering monitors; 0 = only at the end, -1 = never
@@ -197,6 +202,7 @@ class EvalConfig:
     metric: str = "cosine"
     bandwidth: float | None = None  # GridShift cell size; None: automatic, from the data, no labels
     gridshift_max_iter: int = 100
+    gridshift_backend: str = "auto"  # auto (torch on the GPU when there is one) | numpy | torch (issue 10)
     baselines: bool = True  # k-means with the true k, and UMAP + GridShift on raw pixels
     knn_k: int = 20
     knn_temperature: float = 0.07
@@ -254,6 +260,19 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+#: YAML 1.1 (PyYAML) reads ``1e-3`` and ``5e-4`` as strings (it wants ``1.0e-3``); numeric keys accept them.
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+#: String keys that also take a YAML boolean (``amp: off`` is read as False).
+_BOOLEAN_ALIASES: dict[str, dict[bool, str]] = {"train.amp": {False: "off", True: "auto"}}
+
+
+def _number(value: Any) -> Any:
+    """A string spelling a number (``1e-3``, ``5E4``, ``-2.5``) as a float; anything else unchanged."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value.strip())
+    return value
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the annotated type ``tp``; allow the conversions YAML makes natural
     (an int where a float is expected). Raise ConfigError naming the key otherwise."""
@@ -282,6 +301,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{key} = {value!r}: expected true or false")
+    if tp in (int, float):
+        value = _number(value)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -316,6 +337,8 @@ def apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             apply_mapping(current, value, f"{path}.")
         else:
+            if isinstance(value, bool) and path in _BOOLEAN_ALIASES:
+                value = _BOOLEAN_ALIASES[path][value]
             setattr(obj, key, _coerce(path, value, hints[key]))
 
 
@@ -506,6 +529,7 @@ def validate_config(cfg: Config) -> None:
     _choice("eval.features", e.features, ("projector", "backbone"))
     _choice("eval.reducer", e.reducer, ("umap", "tsne"))
     _choice("eval.umap_backend", e.umap_backend, ("auto", "cuml", "umap-learn"))
+    _choice("eval.gridshift_backend", e.gridshift_backend, ("auto", "numpy", "torch"))
     _range("eval.n_components", e.n_components, 1, 8)
     _range("eval.n_neighbors", e.n_neighbors, 2)
     _range("eval.min_dist", e.min_dist, 0.0)
