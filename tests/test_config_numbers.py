@@ -3,9 +3,9 @@ as strings (PyYAML wants ``1.0e-3``), on the command line and in YAML files (iss
 
 from __future__ import annotations
 
-import pytest
-
 import argparse
+
+import pytest
 
 from nrcc_scale.cli import add_config_arguments, config_from_args
 from nrcc_scale.config import ConfigError, load_config
