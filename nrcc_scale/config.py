@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 BACKBONES = (
     "resnet_tiny",  # CPU-sized timm ResNet (1 block per stage, widths 16-128): the bundled default
     "resnet18",
@@ -350,6 +348,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override '{text}': the key before '=' is empty")
+    import yaml  # here, not at the top: `benchmarks/gpu_check.py` builds configs without PyYAML installed
+
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -365,6 +365,8 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -410,6 +412,8 @@ def config_from_dict(data: dict[str, Any], validate: bool = True) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
+    import yaml
+
     from nrcc_scale.utils.files import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
