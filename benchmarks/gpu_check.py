@@ -43,7 +43,10 @@ COLUMNS = ["check", "device", "result", "seconds", "status"]
 
 
 def _have(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken or blocked installation counts as absent
+        return False
 
 
 def _version(name: str) -> str:
@@ -339,7 +342,11 @@ def check_throughput(c: Checks) -> dict[str, Any]:
 
 
 def check_sghmc_precision(c: Checks) -> None:
-    """The potential's input gradient through a conv net under bf16 autocast vs float32 (torch only)."""
+    """The potential's input gradient through a conv net under bf16 autocast vs float32 (a plain torch net;
+    the ``nrcc_scale.methods`` package itself imports timm for its backbones)."""
+    if not _have("timm"):
+        c.add("SGHMC input gradient bf16 vs float32", "timm not installed (nrcc_scale.methods imports it)", SKIPPED)
+        return
     from nrcc_scale.methods.sghmc import potential_gradient
 
     torch.manual_seed(0)
