@@ -74,8 +74,9 @@ def reduce_and_gridshift(features: np.ndarray, labels: np.ndarray, cfg: EvalConf
                                backend=cfg.umap_backend, seed=cfg.seed, knn=knn)
     backends["reduce"], seconds["reduce"] = reduced.backend, reduced.seconds
     t0 = time.perf_counter()
-    gridshift = GridShift(bandwidth=cfg.bandwidth, max_iter=cfg.gridshift_max_iter)
-    predicted = gridshift.fit_predict(reduced.embedding)
+    gs_backend, gs_input = gridshift_input(reduced.embedding, cfg.gridshift_backend)
+    gridshift = GridShift(bandwidth=cfg.bandwidth, max_iter=cfg.gridshift_max_iter, backend=gs_backend)
+    predicted = gridshift.fit_predict(gs_input)
     backends["cluster"], seconds["cluster"] = f"gridshift-{gridshift.backend_}", time.perf_counter() - t0
     scores = clustering_scores(labels, predicted)
     scores.update(cluster_size_spread(predicted))
@@ -83,6 +84,21 @@ def reduce_and_gridshift(features: np.ndarray, labels: np.ndarray, cfg: EvalConf
              gridshift.bandwidth_, scores["nmi"], scores["acc"], backends)
     return ClusteringOutcome(name, scores, predicted, reduced.embedding, float(gridshift.bandwidth_),
                              backends, seconds)
+
+
+def gridshift_input(reduced: np.ndarray, setting: str) -> tuple[str, Any]:
+    """(GridShift backend, its input) for ``eval.gridshift_backend``: ``auto`` hands GridShift a CUDA tensor
+    when a GPU is there (its torch backend then runs on the device) and the NumPy array otherwise; ``torch``
+    a tensor on CUDA if available, else on the CPU; ``numpy`` the array."""
+    if setting == "numpy":
+        return "numpy", reduced
+    import torch
+
+    if torch.cuda.is_available():
+        return "torch", torch.from_numpy(np.ascontiguousarray(reduced)).to("cuda")
+    if setting == "torch":
+        return "torch", torch.from_numpy(np.ascontiguousarray(reduced))
+    return "numpy", reduced
 
 
 def kmeans_true_k(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
