@@ -106,7 +106,7 @@ def test_evaluate_mistakes_are_one_line(tmp_path: Path, args: list[str], message
 def test_evaluate_checkpoint_embeds_every_sample_once_on_ray(tmp_path: Path) -> None:
     train = subprocess.run([sys.executable, "-m", "nrcc_scale.train", "--no-ray", "--no-eval",
                             f"storage_path={tmp_path}", "name=r", "train.epochs=1", "train.batch_size=128",
-                            "model.projector_hidden=64", "model.predictor_hidden=64"],
+                            "model.projector_hidden=64", "model.predictor_hidden=64", "train.use_gpu=false"],
                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr[-3000:]
     out = tmp_path / "eval"
