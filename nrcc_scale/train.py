@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from nrcc_scale.cli import add_config_arguments, config_from_args, run_main
-from nrcc_scale.config import Config, save_config
+from nrcc_scale.config import Config, ConfigError, save_config
 from nrcc_scale.engine.checkpoint import find_latest_checkpoint
 from nrcc_scale.engine.context import LocalContext, RayContext
 from nrcc_scale.engine.loop import train_worker
@@ -80,6 +80,9 @@ def build_trainer(cfg: Config, storage: str, run_dir: Path, callbacks: Sequence[
     from nrcc_scale.ray_setup import cluster_has_gpus
 
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else cluster_has_gpus()
+    if cfg.model.sync_bn and cfg.train.num_workers > 1 and not use_gpu:  # before any worker starts
+        raise ConfigError("model.sync_bn = true needs GPU workers (SyncBatchNorm runs on CUDA only), but this "
+                          "run trains on CPUs; set model.sync_bn=false or train.use_gpu=true on a GPU cluster")
     return TorchTrainer(
         ray_train_loop,
         train_loop_config={"config": cfg.to_dict(), "run_dir": None if is_uri(storage) else str(run_dir)},
