@@ -119,7 +119,7 @@ class RayDataTrainLoader:
         fs, _ = remote_fs.filesystem(uris[0])
         paths = [remote_fs.filesystem(u)[1] for u in uris]
         return ray.data.read_parquet(paths, filesystem=fs, columns=["index", "label", "image"],
-                                     ray_remote_args={"num_cpus": 0})
+                                     num_cpus=0)
 
     def _files(self, plan: list[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.ndarray, np.ndarray, list]]:
         """(shard k, its ids, labels, image bytes) for the shards of ``plan``, in plan order, complete."""
