@@ -156,3 +156,33 @@ def test_upload_is_complete_or_absent(s3_server, tmp_path) -> None:
 
     names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(path.rsplit("/", 1)[0]))]
     assert names == ["a.beton"]  # the temporary upload object is gone
+
+
+def test_a_folder_data_set_packed_as_one_archive_is_staged_and_unpacked_once(s3_server, tmp_path) -> None:
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from nrcc_scale.config import DataConfig
+    from nrcc_scale.data.registry import build_data
+
+    folder = tmp_path / "pets"
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(folder / cls / f"{i}.png")
+    archive = tmp_path / "pets.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(folder, arcname="pets")
+    uri = f"s3://{s3_server.new_bucket()}/pets.tar"
+    remote_fs.upload_file(archive, uri)
+    cfg = DataConfig(dataset="image_folder", root=uri, cache_dir=str(tmp_path / "cache"))
+    bundle = build_data(cfg)
+    assert len(bundle.evaluate) == 20 and bundle.evaluate.class_names == ["cat", "dog"]
+    unpacked = entry_dir(tmp_path / "cache", uri) / "unpacked"
+    stamp = unpacked.stat().st_mtime_ns
+    assert len(build_data(cfg).evaluate) == 20 and unpacked.stat().st_mtime_ns == stamp  # not unpacked again
+    with pytest.raises(DataError, match="must be one archive"):
+        build_data(DataConfig(dataset="image_folder", root=f"s3://{s3_server.new_bucket()}/folder/"))

@@ -89,7 +89,7 @@ def decode_image(data: bytes) -> np.ndarray:
 
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        return np.asarray(img.convert("RGB"))
+        return np.array(img.convert("RGB"))  # writable: torch.from_numpy of a read-only array warns
 
 
 def write_shards(source: ImageSource, uri: str, rows_per_file: int = 1000, quality: int = 95,

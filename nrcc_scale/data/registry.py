@@ -34,6 +34,10 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
         from nrcc_scale.data.parquet_shards import parquet_bundle
 
         return parquet_bundle(cfg.root, cfg.on_bad_file, cfg.holdout_fraction, seed)
+    if "://" in cfg.root:  # a folder data set packed as one archive in object storage: staged per node
+        from nrcc_scale.data.staging import stage_root_for_build
+
+        cfg = stage_root_for_build(cfg)
     if cfg.dataset not in BUILDERS:
         _register_formats()
     try:

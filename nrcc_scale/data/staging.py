@@ -207,7 +207,7 @@ def _copy(remote: remote_fs.RemoteFile, final: Path, partial: Path, partial_meta
 
 
 def _entry_size(entry: Path) -> int:
-    return sum(p.stat().st_size for p in entry.iterdir() if p.is_file())
+    return sum(p.stat().st_size for p in entry.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def evict_lru(cache: Path, max_bytes: int, keep: Path | None = None, log=None) -> list[Path]:
@@ -227,7 +227,11 @@ def evict_lru(cache: Path, max_bytes: int, keep: Path | None = None, log=None) -
             if not got:
                 continue
             for child in entry.iterdir():
-                if child.name != ".lock":
+                if child.name == ".lock":
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
                     child.unlink(missing_ok=True)
         (entry / ".lock").unlink(missing_ok=True)
         with contextlib.suppress(OSError):
@@ -238,6 +242,63 @@ def evict_lru(cache: Path, max_bytes: int, keep: Path | None = None, log=None) -
             log(f"data: evicted {entry.name} from {cache} ({sizes[entry] / 1e6:.1f} MB; cache limit "
                 f"{max_bytes / 1e9:.1f} GB)")
     return evicted
+
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".zip")
+
+
+def stage_archive(uri: str, cache_dir: str | os.PathLike[str] = "", max_bytes: int = 0, log=None) -> Path:
+    """A folder data set packed as one archive (``.tar``, ``.tar.gz``/``.tgz``, ``.zip``) at ``uri``: staged like
+    any file, then unpacked once per node (under the same lock) into ``<entry>/unpacked``, whose name is
+    returned. An interrupted unpack is redone: it goes to a temporary folder renamed when complete."""
+    import tarfile
+    import zipfile
+
+    if not uri.endswith(ARCHIVE_SUFFIXES):
+        raise DataError(f"data.root = {uri}: a remote folder must be one archive ({', '.join(ARCHIVE_SUFFIXES)}); "
+                        f"pack it with `tar -cf NAME.tar -C DIR .`, or write Parquet shards "
+                        f"(`python -m nrcc_scale.data shard`) and train with data.format=ray_data")
+    staged = stage(uri, cache_dir, 0, log=log)
+    entry = staged.path.parent
+    unpacked, marker = entry / "unpacked", entry / "unpacked.json"
+    with _locked(entry / ".lock"):
+        version = _read_json(entry / "version.json")
+        if not (unpacked.is_dir() and _read_json(marker) == version):
+            started = time.perf_counter()
+            shutil.rmtree(unpacked, ignore_errors=True)
+            marker.unlink(missing_ok=True)
+            tmp = entry / ".unpacking"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            try:
+                if uri.endswith(".zip"):
+                    with zipfile.ZipFile(staged.path) as archive:
+                        archive.extractall(tmp)  # zipfile drops absolute paths and ".." components
+                else:
+                    with tarfile.open(staged.path) as archive:
+                        archive.extractall(tmp, filter="data")  # no links out, no absolute paths
+            except (tarfile.TarError, zipfile.BadZipFile, OSError) as err:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise DataError(f"{uri}: cannot unpack the archive ({err})") from None
+            os.replace(tmp, unpacked)
+            atomic_write_json(marker, version)
+            if log is not None:
+                log(f"data: unpacked {uri} into {unpacked} in {time.perf_counter() - started:.1f} s")
+    if max_bytes > 0:
+        evict_lru(entry.parent, max_bytes, keep=entry, log=log)
+    # an archive holding one top-level folder: that folder is the data set's root
+    children = [c for c in unpacked.iterdir() if not c.name.startswith(".")]
+    return children[0] if len(children) == 1 and children[0].is_dir() else unpacked
+
+
+def stage_root_for_build(cfg):
+    """``cfg`` (a DataConfig) with a remote ``root`` archive replaced by this node's unpacked copy."""
+    import dataclasses
+
+    if cfg.format == "ray_data" or not cfg.root or not remote_fs.is_remote(cfg.root):
+        return cfg
+    root = stage_archive(cfg.root, cfg.cache_dir, int(cfg.cache_max_gb * 1e9), log=_emit)
+    return dataclasses.replace(cfg, root=str(root))
 
 
 def _emit(message: str) -> None:
