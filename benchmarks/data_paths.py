@@ -1,5 +1,5 @@
-"""Where the training images come from: local FFCV, FFCV staged from object storage, Ray Data streaming
-Parquet shards from object storage, and the plain image-folder loader, side by side.
+"""Where the training images come from: local FFCV, FFCV staged from object storage, Parquet shards streamed
+from object storage (``data.format: ray_data``), and the plain image-folder loader, side by side.
 
     python benchmarks/data_paths.py [--quick] [--json docs/benchmarks/data_paths.json] [--workers N]
 
@@ -19,11 +19,11 @@ Paths (one training process, ``--workers`` decoding workers where the path has t
   cache folder by :func:`nrcc_scale.data.staging.stage` (the time to stage is its own column), then read by
   FFCV from the staged copy;
 * ``ray_data s3`` - Parquet shards (JPEG bytes) on the same loopback server, streamed by
-  ``RayDataTrainLoader`` (Ray Data ``read_parquet`` reads ahead; the training process decodes each image once
-  and cuts both views). Writing the shards is the one-off column.
+  ``RayDataTrainLoader`` (pyarrow reads two shard files ahead in a thread; the training process decodes each
+  image once and cuts both views, single-threaded). Writing the shards is the one-off column.
 
 The loopback server is moto, a Python server: its throughput is far below S3's, so the staging MB/s and the
-Ray Data rate are lower bounds for those paths; the ratios between FFCV local and staged show that once
+streaming rate are lower bounds for those paths; the ratios between FFCV local and staged show that once
 staged, FFCV runs at local speed.
 """
 
@@ -145,17 +145,13 @@ def main() -> int:
             shard_s = time.perf_counter() - started
             parquet = ParquetSource(uri)
             loader = RayDataTrainLoader(_cfg(format="ray_data", root=uri), parquet, res, 2, BATCH)
-            rate, n = time_batches(loader, epoch=0)  # Ray's start-up falls in the untimed warm-up batches
+            rate, n = time_batches(loader, epoch=0)
             rows.append(_row("ray_data parquet on s3 (loopback)", rate, n, shard_s, "write shards",
-                             "Ray Data reads; decode + crops in the training process"))
+                             "pyarrow reads ahead; decode + crops in the training process (1 thread)"))
             print(f"  ray_data: {rate:.0f} img/s", flush=True)
     finally:
         if server is not None:
             server.stop()
-        if "ray" in sys.modules:
-            import ray
-
-            ray.shutdown()
 
     base = rows[0]["img/s"]
     for row in rows:

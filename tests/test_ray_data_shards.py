@@ -1,4 +1,4 @@
-"""Parquet shards and the Ray Data training loader: exactly once per epoch, resumable order, on_bad_file."""
+"""Parquet shards and the streaming (data.format=ray_data) loader: exactly once per epoch, resume, on_bad_file."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ manifest is written last: a reader that finds the manifest finds every shard it 
 
 :class:`ParquetSource` is the :class:`~nrcc_scale.data.base.ImageSource` over the shards (labels from the
 ``label`` columns, images decoded on demand, one shard cached), used for evaluation and by the driver's
-check; training streams the shards with Ray Data (:mod:`nrcc_scale.data.ray_data_loader`).
+check; training streams the shards with :mod:`nrcc_scale.data.ray_data_loader`.
 """
 
 from __future__ import annotations

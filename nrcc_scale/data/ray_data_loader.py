@@ -1,4 +1,4 @@
-"""``data.format: ray_data``: training batches streamed from Parquet shards with Ray Data.
+"""``data.format: ray_data``: training batches streamed from Parquet shards (the format Ray Data reads).
 
 Yields what the other loaders yield: ``(views, labels, indices)``, ``views`` a ``B x V x 3 x R x R`` uint8
 tensor. Each image is decoded once and its V crops are cut from it by the same
@@ -20,13 +20,17 @@ run cannot be reproduced. So the order is a pure function of (seed, epoch), as f
   ``L = N // world_size``: disjoint shares, every sample exactly once per epoch across the workers except the
   last ``N mod world_size`` (as ``DistributedSampler(drop_last=True)`` drops them), and the last partial
   batch of each worker is dropped as the other loaders do;
-* each worker streams just the shard files its share touches with ``ray.data.read_parquet`` (Ray Data reads
-  ahead in parallel, from object storage or disk), in its share's order; rows are regrouped per file by their
-  ``index`` column, so the result does not depend on the order in which Ray Data hands out blocks.
+* each worker streams just the shard files its share touches, in its share's order, with ``pyarrow.parquet``
+  through ``pyarrow.fs`` (object storage or disk), ``read_ahead`` shard files ahead in background threads;
+  rows are put in shard order by their ``index`` column.
 
-Ray Data's read tasks are declared with ``num_cpus=0``: they are I/O-bound, and a read that asked for a CPU
-could wait forever on a cluster whose CPUs are all held by the training workers. Without a running Ray (the
-``--no-ray`` path) a local one on 127.0.0.1 is started.
+Why the reads are not Ray Data tasks (``ray.data.read_parquet`` inside each Train worker was the first
+design): on Ray 2.60, a Ray Data execution started inside a Ray Train worker never produced a block when the
+training workers held every CPU of the cluster, even with ``num_cpus=0`` read tasks (the tasks were granted
+but waited forever on their arguments; reproduced with three small local Parquet files), and that is exactly
+the situation of a CPU cluster sized for its workers. Ray Data's own read of one file is ``pyarrow.parquet``
+over ``pyarrow.fs``, so the bytes read are the same; what is lost is Ray Data's cluster-wide read-ahead and
+its streaming_split, which the exactly-once/resumable order above replaces anyway.
 """
 
 from __future__ import annotations
@@ -40,7 +44,6 @@ from nrcc_scale.config import DataConfig
 from nrcc_scale.data.augment import SpatialAugment
 from nrcc_scale.data.base import DataError
 from nrcc_scale.data.parquet_shards import BadImagePolicy, Manifest, ParquetSource, read_manifest
-from nrcc_scale.utils import remote_fs
 
 
 def epoch_plan(rows: list[int], rank: int, world_size: int, seed: int, epoch: int) -> list[tuple[int, np.ndarray]]:
@@ -69,21 +72,11 @@ def epoch_indices(manifest: Manifest, rank: int, world_size: int, seed: int, epo
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def _ensure_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        from nrcc_scale.config import RayConfig
-        from nrcc_scale.ray_setup import init_ray
-
-        init_ray(RayConfig())
-
-
 class RayDataTrainLoader:
-    """The Ray Data counterpart of :class:`nrcc_scale.data.views.EpochLoader` (see the module docstring)."""
+    """The Parquet-streaming counterpart of :class:`nrcc_scale.data.views.EpochLoader` (see the module docstring)."""
 
     def __init__(self, cfg: DataConfig, source: ParquetSource | None, resolution: int, num_views: int,
-                 batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
+                 batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0, read_ahead: int = 2) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
         self.manifest = source.manifest if isinstance(source, ParquetSource) else read_manifest(cfg.root)
@@ -93,6 +86,7 @@ class RayDataTrainLoader:
         self.spatial = SpatialAugment(resolution, (aug.crop_scale_min, aug.crop_scale_max), aug.flip_p)
         self.policy = BadImagePolicy(cfg.on_bad_file)
         self.epoch = 0
+        self.read_ahead = max(1, read_ahead)
         per_worker = self.manifest.num_rows // world_size
         if per_worker < batch_size:
             raise DataError(f"{self.manifest.uri}: {self.manifest.num_rows} images give each of {world_size} "
@@ -107,47 +101,30 @@ class RayDataTrainLoader:
     def epoch_indices(self, epoch: int) -> np.ndarray:
         return epoch_indices(self.manifest, self.rank, self.world_size, self.seed, epoch)
 
-    def _dataset(self, files: list[int]):
-        import ray.data
-
-        _ensure_ray()
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.execution_options.preserve_order = True
-        context.print_on_execution_start = False
-        uris = [self.manifest.file_uri(k) for k in files]
-        fs, _ = remote_fs.filesystem(uris[0])
-        paths = [remote_fs.filesystem(u)[1] for u in uris]
-        return ray.data.read_parquet(paths, filesystem=fs, columns=["index", "label", "image"],
-                                     num_cpus=0)
-
     def _files(self, plan: list[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.ndarray, np.ndarray, list]]:
-        """(shard k, its ids, labels, image bytes) for the shards of ``plan``, in plan order, complete."""
-        order = [k for k, _ in plan]
-        offsets = self.manifest.offsets
-        pending: dict[int, list] = {k: [] for k in order}
-        got = dict.fromkeys(order, 0)
-        nxt = 0
-        for batch in self._dataset(order).iter_batches(batch_size=None, batch_format="pyarrow"):
-            ids = np.asarray(batch.column("index"))
-            shard_of = np.searchsorted(offsets, ids, side="right") - 1
-            for k in np.unique(shard_of):
-                rows = np.flatnonzero(shard_of == k)
-                pending[int(k)].append(batch.take(rows))
-                got[int(k)] += len(rows)
-            while nxt < len(order) and got[order[nxt]] == self.manifest.rows[order[nxt]]:
-                k = order[nxt]
-                import pyarrow as pa
+        """(shard k, its ids, labels, image bytes) for the shards of ``plan``, in plan order, read ahead."""
+        from concurrent.futures import ThreadPoolExecutor
 
-                table = pa.concat_tables(pending.pop(k))
-                ids = np.asarray(table.column("index"))
-                sort = np.argsort(ids)  # position p of shard k is sample offsets[k] + p
-                yield (k, ids[sort], np.asarray(table.column("label"))[sort],
-                       [table.column("image")[int(i)].as_py() for i in sort])
-                nxt += 1
-        if nxt < len(order):
-            raise DataError(f"{self.manifest.uri}: shard {self.manifest.files[order[nxt]]} has fewer rows than "
-                            f"the manifest lists; write the shards again")
+        from nrcc_scale.data.parquet_shards import read_shard
+
+        def load(k: int):
+            table = read_shard(self.manifest, k)
+            ids = np.asarray(table.column("index"))
+            if len(ids) != self.manifest.rows[k]:
+                raise DataError(f"{self.manifest.file_uri(k)} holds {len(ids)} rows but the manifest lists "
+                                f"{self.manifest.rows[k]}; write the shards again")
+            sort = np.argsort(ids)  # position p of shard k is sample offsets[k] + p
+            images = table.column("image").to_pylist()
+            return k, ids[sort], np.asarray(table.column("label"))[sort], [images[int(i)] for i in sort]
+
+        order = [k for k, _ in plan]
+        with ThreadPoolExecutor(max_workers=self.read_ahead) as pool:
+            pending = [pool.submit(load, k) for k in order[:self.read_ahead]]
+            for nxt in range(len(order)):
+                result = pending.pop(0).result()
+                if nxt + self.read_ahead < len(order):
+                    pending.append(pool.submit(load, order[nxt + self.read_ahead]))
+                yield result
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         plan = epoch_plan(self.manifest.rows, self.rank, self.world_size, self.seed, self.epoch)
