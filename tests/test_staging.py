@@ -186,3 +186,37 @@ def test_a_folder_data_set_packed_as_one_archive_is_staged_and_unpacked_once(s3_
     assert len(build_data(cfg).evaluate) == 20 and unpacked.stat().st_mtime_ns == stamp  # not unpacked again
     with pytest.raises(DataError, match="must be one archive"):
         build_data(DataConfig(dataset="image_folder", root=f"s3://{s3_server.new_bucket()}/folder/"))
+
+
+def test_prepare_writes_locally_then_uploads_the_complete_beton(s3_server, tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from nrcc_scale.data.__main__ import main as data_main
+    from nrcc_scale.data.loaders import ffcv_available
+
+    if not ffcv_available():
+        pytest.skip("ffcv is not installed")
+    from nrcc_scale.data.ffcv_io import read_beton_fields
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(8):
+            image = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+            image.save(tmp_path / "imgs" / cls / f"{i}.png")
+    bucket = s3_server.new_bucket()
+    uri = f"s3://{bucket}/sets/imgs.beton"
+    args = ["prepare", "--dataset", "image_folder", "--root", str(tmp_path / "imgs"), "--split", "all",
+            "--workers", "1", "--no-progress", "--out", uri]
+    assert data_main(args) == 0
+    staged = stage(uri, tmp_path / "cache")
+    assert read_beton_fields(staged.path)[0] == 16
+    fs, path = remote_fs.filesystem(uri)
+    from pyarrow import fs as pafs
+
+    assert [i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{bucket}/sets"))] == ["imgs.beton"]
+    # a bucket that does not exist: one line naming the URI, nothing written
+    started = __import__("time").perf_counter()
+    assert data_main([*args[:-1], f"s3://no-such-{bucket}/x.beton"]) == 2
+    assert __import__("time").perf_counter() - started < 5  # refused before writing anything

@@ -107,7 +107,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if remote:
         if not destination.endswith(".beton"):
             raise UsageError(f"--out {destination}: expected a URI ending in .beton")
-        remote_fs.exists(destination)  # fail early (one line) on a missing bucket or bad credentials
+        remote_fs.check_destination(destination)  # fail early (one line): missing bucket, bad credentials
     out = Path(remote_fs.local_path_of(destination)) if not remote else _upload_scratch(destination)
     if out.suffix != ".beton":
         raise UsageError(f"--out {out}: expected a file name ending in .beton")
@@ -167,7 +167,10 @@ def _upload_scratch(uri: str) -> Path:
 
 def cmd_shard(args: argparse.Namespace) -> int:
     from nrcc_scale.data.parquet_shards import write_shards
+    from nrcc_scale.utils import remote_fs
 
+    if remote_fs.is_remote(args.out):
+        remote_fs.check_destination(args.out)
     if args.rows_per_file < 1:
         raise UsageError(f"--rows-per-file {args.rows_per_file}: must be at least 1")
     if not 1 <= args.jpeg_quality <= 100:

@@ -141,6 +141,21 @@ def exists(uri: str) -> bool:
         raise explain_error(uri, err) from None
 
 
+def check_destination(uri: str) -> None:
+    """Fail early (one line) when the bucket / container of a destination URI is missing or unreadable,
+    before anything is written."""
+    from pyarrow import fs as pafs
+
+    fs, path = filesystem(uri)
+    bucket = path.split("/", 1)[0]
+    try:
+        info = fs.get_file_info(bucket)
+    except Exception as err:  # noqa: BLE001
+        raise explain_error(uri, err) from None
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"{uri}: the bucket {bucket!r} does not exist (or these credentials cannot see it)")
+
+
 def join(uri: str, *names: str) -> str:
     return "/".join([str(uri).rstrip("/"), *names])
 
