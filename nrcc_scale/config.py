@@ -80,7 +80,10 @@ class DataConfig:
     root: str = ""  # data folder (unused by the bundled digits)
     resolution: int = 16  # training resolution in pixels (digits: 8 px upsampled); 0 = the data set's own
     loader: str = "auto"  # auto (ffcv when a .beton is given and ffcv imports) | torchvision | ffcv
-    beton: str = ""  # path of an FFCV .beton written by `python -m nrcc_scale.data prepare`
+    beton: str = ""  # FFCV .beton from `python -m nrcc_scale.data prepare`: a path, or s3:// gs:// abfs:// file://
+    format: str = "auto"  # auto (the data set's own files / data.beton) | ray_data (Parquet shards at data.root)
+    cache_dir: str = ""  # node-local folder for staged remote files ("": $NRCC_CACHE_DIR or ~/.cache/nrcc_scale)
+    cache_max_gb: float = 200.0  # evict least recently used staged files beyond this (0: no limit)
     loader_workers: int = 0  # data-loading processes per training worker
     on_bad_file: str = "fail"  # fail | skip: what to do with unreadable or corrupt images
     verify_files: str = "auto"  # auto | none | header | decode: how image-folder files are checked when indexed
@@ -451,6 +454,11 @@ def validate_config(cfg: Config) -> None:
     _choice("data.dataset", d.dataset, DATASETS)
     _choice("data.loader", d.loader, ("auto", "torchvision", "ffcv"))
     _choice("data.on_bad_file", d.on_bad_file, ("fail", "skip"))
+    _choice("data.format", d.format, ("auto", "ray_data"))
+    _range("data.cache_max_gb", d.cache_max_gb, 0.0)
+    if d.format == "ray_data" and not d.root:
+        raise ConfigError("data.root is empty: data.format = 'ray_data' needs the Parquet shards' location "
+                          "(written by `python -m nrcc_scale.data shard --out URI`)")
     _choice("data.verify_files", d.verify_files, ("auto", "none", "header", "decode"))
     _range("data.resolution", d.resolution, 0)
     _range("data.loader_workers", d.loader_workers, 0)

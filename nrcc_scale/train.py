@@ -108,9 +108,12 @@ def earlier_run_note(storage: str, name: str) -> str | None:
 
 def fit_trainer(trainer: Any, storage: str, name: str) -> Path:
     """Run ``trainer.fit()``; return a local folder holding the final checkpoint."""
+    from nrcc_scale.data.preflight import find_data_error
+
     result = trainer.fit()
     if result.error is not None:
-        raise result.error
+        data_error = find_data_error(result.error)
+        raise data_error if data_error is not None else result.error
     if result.checkpoint is None and not is_uri(storage):
         # a re-run of a run that had already finished reports nothing new; its last checkpoint is the result
         return _existing_checkpoint(Path(storage) / name)
@@ -172,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     print(f"run {cfg.name}: config saved to {run_dir / 'config.yaml'}", flush=True)
+    from nrcc_scale.data.preflight import check_data_source
+
+    check_data_source(cfg)  # a missing or corrupt data source: one line, exit 2, before any worker starts
 
     started = time.perf_counter()
     checkpoint = train_in_process(cfg, run_dir) if args.no_ray else train_with_ray(cfg, storage, run_dir)

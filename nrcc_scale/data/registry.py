@@ -30,6 +30,14 @@ BUILDERS: dict[str, Callable[[DataConfig, int], DataBundle]] = {"digits": _digit
 
 
 def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
+    if cfg.format == "ray_data":  # Parquet shards at data.root (python -m nrcc_scale.data shard)
+        from nrcc_scale.data.parquet_shards import parquet_bundle
+
+        return parquet_bundle(cfg.root, cfg.on_bad_file, cfg.holdout_fraction, seed)
+    if "://" in cfg.root:  # a folder data set packed as one archive in object storage: staged per node
+        from nrcc_scale.data.staging import stage_root_for_build
+
+        cfg = stage_root_for_build(cfg)
     if cfg.dataset not in BUILDERS:
         _register_formats()
     try:

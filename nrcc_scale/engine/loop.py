@@ -61,7 +61,8 @@ FAULT_ENV = "NRCC_FAULT_AT"
 FAULT_MARKER_ENV = "NRCC_FAULT_MARKER"
 #: Config keys that may change between a run and its resumption without breaking exactness.
 RESUME_FREE_KEYS = ("name", "storage_path", "eval.", "ray.", "train.max_failures", "train.keep_checkpoints",
-                    "train.log_every", "train.checkpoint_every", "data.root", "data.beton", "data.loader_workers")
+                    "train.log_every", "train.checkpoint_every", "data.root", "data.beton", "data.loader_workers",
+                    "data.cache_dir", "data.cache_max_gb")
 
 
 __all__ = ["TrainingRun", "amp_dtype", "build_training", "train_step", "train_worker"]
