@@ -21,11 +21,18 @@ def format_table(result: EvaluationResult, extra_rows: dict[str, float] | None =
     lines = [head, "-" * len(head)]
     for r in rows:
         s = r.scores
-        lines.append(f"{r.name:<{width}}{s['nmi']:>8.4f}{s['acc']:>8.4f}{s['ari']:>8.4f}{s['ami']:>8.4f}"
-                     f"{s['num_clusters']:>10d}")
-    lines.append(f"(true classes: {result.main.scores['num_classes']}; GridShift bandwidth "
+        cells = "".join(f"{s[k]:>8.4f}" if k in s else f"{'-':>8}" for k in ("nmi", "acc", "ari", "ami"))
+        lines.append(f"{r.name:<{width}}{cells}{s['num_clusters']:>10d}")
+    classes = result.main.scores.get("num_classes", "none (unlabelled)")
+    lines.append(f"(true classes: {classes}; GridShift bandwidth "
                  f"{result.main.bandwidth:.4g}; global std {result.extra['global_std']:.4f}, "
                  f"1/sqrt(d) = {1 / np.sqrt(result.extra['embedding_dim']):.4f})")
+    if "rankme" in result.extra:
+        from nrcc_scale.evaluation.label_free import format_rows
+
+        lines.extend(format_rows(result.extra))
+    if not result.extra.get("labelled", True):
+        lines.append("no labels: scores against classes, k-means with the true k and the probes are skipped")
     for key, value in (extra_rows or {}).items():
         lines.append(f"{key}: {value:.4f}")
     return "\n".join(lines)
