@@ -74,6 +74,7 @@ def sample_ids(source: Any, rows: np.ndarray) -> list[str]:
 
 def _sample_id(source: Any, row: int) -> str:
     from nrcc_scale.data.base import ConcatSource, SubsetSource
+    from nrcc_scale.data.unlabelled import UnlabelledView
 
     original = row
     while True:
@@ -82,6 +83,8 @@ def _sample_id(source: Any, row: int) -> str:
         elif isinstance(source, ConcatSource):
             part = int(np.searchsorted(source.offsets, row, side="right") - 1)
             source, row = source.parts[part], int(row - source.offsets[part])
+        elif isinstance(source, UnlabelledView):
+            source = source.base
         else:
             break
     path = getattr(source, "path", None)

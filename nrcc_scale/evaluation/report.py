@@ -156,8 +156,12 @@ def curves_plot(history: list[dict[str, Any]], path: Path, embedding_dim: int | 
     import matplotlib.pyplot as plt
 
     panels = [("loss", "training loss"), ("knn_acc", "kNN accuracy"), ("global_std", "global std"),
-              ("monitor_acc", "clustering ACC (UMAP + GridShift)")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+              ("monitor_acc", "clustering ACC (UMAP + GridShift)"),
+              # label-free monitors (nrcc_scale.evaluation.label_free): the curves a run without labels has
+              ("monitor_rankme", "RankMe (effective rank)"), ("monitor_stability", "partition stability (ARI)"),
+              ("monitor_silhouette", "silhouette (UMAP space)"), ("monitor_clusters", "clusters found")]
+    fig, grid = plt.subplots(2, 4, figsize=(4.2 * 4, 3.4 * 2))
+    axes = grid.ravel()
     for ax, (key, name) in zip(axes, panels, strict=True):
         pts = [(h["epoch"], h[key]) for h in history if key in h]
         if pts:
