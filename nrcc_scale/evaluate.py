@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a checkpoint folder (or a run folder: its latest)")
     source.add_argument("--embeddings", type=Path, help="an N x D .npy matrix of embeddings")
-    parser.add_argument("--labels", type=Path, help="N ground-truth labels (.npy), with --embeddings; without: label-free scores only")
+    parser.add_argument("--labels", type=Path,
+                        help="N ground-truth labels (.npy), with --embeddings; without: label-free scores only")
     parser.add_argument("--out", type=Path, help="output folder (default: beside the checkpoint / embeddings)")
     parser.add_argument("--shards", type=int, default=0, help="Ray embedding tasks (default: one per CPU)")
     parser.add_argument("--no-ray", action="store_true", help="embed in this process")

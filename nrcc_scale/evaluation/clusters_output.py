@@ -91,25 +91,26 @@ def _sample_id(source: Any, row: int) -> str:
     return str(path(row)) if callable(path) else str(original)
 
 
-def write_table(path_without_suffix: Path, columns: dict[str, Any]) -> Path:
-    """Parquet when pyarrow imports, else CSV; returns the file written."""
+def write_table(path: Path, columns: dict[str, Any]) -> Path:
+    """Parquet (when ``path`` ends in .parquet and pyarrow imports), else CSV beside it; returns the file."""
     try:
+        if path.suffix == ".csv":
+            raise ImportError
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         import csv
 
-        out = path_without_suffix.with_suffix(".csv")
+        out = path.with_suffix(".csv")
         with atomic_path(out) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(list(columns))
             writer.writerows(zip(*columns.values(), strict=True))
         return out
-    out = path_without_suffix.with_suffix(".parquet")
-    with atomic_path(out) as tmp:
+    with atomic_path(path) as tmp:
         pq.write_table(pa.table({k: list(v) if isinstance(v, list) else np.asarray(v) for k, v in columns.items()}),
                        tmp)
-    return out
+    return path
 
 
 def read_table(path: Path) -> dict[str, np.ndarray]:
@@ -165,12 +166,15 @@ def write_run_clusters(out_dir: Path, source: Any, rows: np.ndarray, features: n
                        predicted: np.ndarray, modes: np.ndarray) -> dict[str, str]:
     """clusters.parquet, the modes, the UMAP coordinates and the assign calibration of one run."""
     ids = sample_ids(source, rows) if source is not None else [str(int(r)) for r in rows]
-    table = write_table(out_dir / "clusters", cluster_columns(rows, ids, predicted, reduced, modes))
+    table = write_table(out_dir / CLUSTERS_PARQUET, cluster_columns(rows, ids, predicted, reduced, modes))
     for name, array in ((MODES_FILE, np.asarray(modes, dtype=np.float64)),
                         (REDUCED_FILE, np.asarray(reduced, dtype=np.float32))):
         with atomic_path(out_dir / name) as tmp, open(tmp, "wb") as fh:
             np.save(fh, array)
-    atomic_write_json(out_dir / CALIBRATION_FILE, calibrate(features))
+    calibration = calibrate(features)
+    if source is not None:  # how assign must normalise new images: as the run's own evaluation images
+        calibration.update(mean=list(source.mean), std=list(source.std))
+    atomic_write_json(out_dir / CALIBRATION_FILE, calibration)
     return {"clusters": str(table), "cluster_modes": str(out_dir / MODES_FILE)}
 
 

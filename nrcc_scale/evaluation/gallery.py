@@ -23,7 +23,7 @@ GALLERY_COLUMNS = 12
 PER_CLUSTER_FILES = 16
 PER_CLUSTER_IMAGES = 36
 TILE = 48  # pixels per exemplar in the mosaics
-LABEL_WIDTH = 230
+LABEL_WIDTH = 140
 GALLERY_DIR = "cluster_gallery"
 
 
