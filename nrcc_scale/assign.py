@@ -92,7 +92,8 @@ def _require(path: Path, what: str) -> Path:
 
 
 def assign_vote(train_features: np.ndarray, train_clusters: np.ndarray, train_reduced: np.ndarray,
-                features: np.ndarray, threshold: float, k: int, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                features: np.ndarray, threshold: float, k: int,
+                eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cluster or -1, estimated UMAP position, nearest training distance) of every new embedding."""
     from nrcc_scale.cluster.knn import knn_search
 
