@@ -124,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = co.find_clusters_file(run)
     if table is None:
         _require(run / co.CLUSTERS_PARQUET, "the run's clusters")
-    calibration = co.read_calibration(_require(run / co.CALIBRATION_FILE, "the assign calibration"))
+    _require(run / co.CALIBRATION_FILE, "the assign calibration")
+    calibration = co.read_calibration(run)
     if "mean" not in calibration:
         raise ConfigError(f"--run {run}: the run was evaluated from embeddings, not images; assign needs a "
                           "run trained on images")
