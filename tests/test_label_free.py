@@ -163,7 +163,7 @@ def test_embeddings_without_labels_give_label_free_scores_and_a_clusters_row_per
     assert "RankMe" in run["table"] and "no labels" in run["table"]
     table = read_table(find_clusters_file(tmp_path))
     assert len(table["cluster"]) == run["n"] and sorted(set(table["cluster"])) == [0, 1, 2, 3]
-    assert np.all(table["distance_to_mode"] >= 0) and np.all((0 <= table["confidence"]) & (table["confidence"] <= 1))
+    assert np.all(table["distance_to_mode"] >= 0) and np.all((table["confidence"] >= 0) & (table["confidence"] <= 1))
     assert np.median(table["confidence"]) > 0.5  # tight blobs: points sit near their mode
     assert (tmp_path / "cluster_sizes.png").is_file() and (tmp_path / "report.html").is_file()
 
