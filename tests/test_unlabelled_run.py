@@ -125,7 +125,7 @@ def test_tune_sweep_ranks_an_unlabelled_folder_by_rankme(unlabelled_run: dict, t
         "tune": {"name": "label_free", "storage_path": str(tmp_path), "metric": "rankme", "mode": "max",
                  "max_concurrent_trials": 2,
                  "scheduler": {"type": "asha", "metric": "monitor_rankme", "grace_period": 1}}}))
-    proc = _run(["nrcc_scale.tune", "--config", str(sweep), "ray.num_cpus=2"], timeout=900)
+    proc = _run(["nrcc_scale.tune", "--config", str(sweep), "ray.num_cpus=2"], timeout=1500)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     with (tmp_path / "label_free" / "results.csv").open() as fh:
