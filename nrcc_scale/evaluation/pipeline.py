@@ -89,8 +89,9 @@ def reduce_and_gridshift(features: np.ndarray, labels: np.ndarray | None, cfg: E
     predicted = gridshift.fit_predict(reduced.embedding)
     backends["cluster"], seconds["cluster"] = f"gridshift-{gridshift.backend_}", time.perf_counter() - t0
     scores = _scores(labels, predicted)
+    nmi, acc = (f"{scores[k]:.4f}" if k in scores else "-" for k in ("nmi", "acc"))
     log.info("%s: %s clusters (bandwidth %.4g) NMI %s ACC %s | %s", name, scores["num_clusters"],
-             gridshift.bandwidth_, scores.get("nmi", "-"), scores.get("acc", "-"), backends)
+             gridshift.bandwidth_, nmi, acc, backends)
     return ClusteringOutcome(name, scores, predicted, reduced.embedding, float(gridshift.bandwidth_),
                              backends, seconds, modes=np.asarray(gridshift.cluster_centers_))
 
