@@ -136,3 +136,16 @@ def test_tune_sweep_ranks_an_unlabelled_folder_by_rankme(unlabelled_run: dict, t
     # a labelled metric on unlabelled data is refused before anything runs
     bad = _run(["nrcc_scale.tune", "--config", str(sweep), "tune.metric=nmi"], timeout=120)
     assert bad.returncode == 2 and "needs labels" in bad.stderr
+
+
+def test_assign_with_ray_tasks_matches_in_process(unlabelled_run: dict) -> None:
+    """Large folders are embedded by Ray tasks (forced here with --ray-min-images 1): same assignments."""
+    tmp = unlabelled_run["tmp"]
+    common = ["nrcc_scale.assign", "--run", str(unlabelled_run["run"]), "--images", str(unlabelled_run["images"])]
+    local = _run([*common, "--out", str(tmp / "local.csv"), "--no-ray"])
+    ray = _run([*common, "--out", str(tmp / "ray.csv"), "--ray-min-images", "1", "--shards", "2"])
+    assert local.returncode == 0 and ray.returncode == 0, (ray.stdout + ray.stderr)[-3000:]
+    assert "embed (Ray)" in ray.stderr
+    a, b = read_table(tmp / "local.csv"), read_table(tmp / "ray.csv")
+    assert list(a["sample_id"]) == list(b["sample_id"])
+    assert np.mean(a["cluster"] == b["cluster"]) >= 0.99
