@@ -117,8 +117,12 @@ def summarise(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
                      "level; the trial-level column (nmi_lost_trial), where seeds differ, is the informative one")
     ok_trial = [r["selector"] for r in free if r["nmi_lost_trial"] is not None and r["nmi_lost_trial"] <= 0.02]
     notes.append(f"trial level (best single trial by the score vs by NMI) within 0.02: "
-                 f"{', '.join(ok_trial) if ok_trial else 'none'}; scores with negative Spearman prefer "
-                 "under-segmented runs (few, large, well-separated clusters are stable and have high silhouette)")
+                 f"{', '.join(ok_trial) if ok_trial else 'none'}")
+    negative = [r["selector"] for r in free if isinstance(r["spearman_vs_nmi"], float) and r["spearman_vs_nmi"] < 0]
+    if negative:
+        notes.append(f"negative Spearman ({', '.join(negative)}): these prefer other runs than NMI does; on digits "
+                     "they prefer under-segmented runs (few, large, well-separated clusters are stable and have "
+                     "a high silhouette)")
     notes.append("nmi_lost: seed-mean NMI of the labelled pick minus that of the score's pick (configs); "
                  "nmi_lost_trial: the same over single trials (best trial by NMI vs best trial by the score)")
     notes.append(f"{len(results)} trials: {len(configs)} (lambda, tau) configurations x "
