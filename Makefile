@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test lint bench-quick clean
+.PHONY: setup demo test lint bench-quick bench-report clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ lint: setup
 
 bench-quick: setup
 	bash scripts/run_benchmarks.sh --quick
+
+# docs/benchmarks.md from the committed full-run JSON in docs/benchmarks/ (standard library only, no venv needed)
+bench-report:
+	$(PYTHON) scripts/bench_report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -2,6 +2,7 @@
 
     python benchmarks/loader_throughput.py [--quick] [--json results/loader_throughput.json]
                                            [--data-dir DIR] [--workers N] [--batch-size B]
+                                           [--images-224 N] [--images-32 N]
 
 Task: one epoch of two-view training batches, images/second, as ``engine/loop.py`` consumes them:
 random resized crop + flip per view in the loader (uint8 ``B x 2 x 3 x R x R``), then
@@ -372,7 +373,11 @@ def main() -> None:
                             help="where the generated images and .beton files are cached")
         parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                             help="CPU cores for each loader (DataLoader processes / FFCV threads)")
-        parser.add_argument("--batch-size", type=int, default=None, help="per batch (default 256; 32 with --quick)")
+        parser.add_argument("--batch-size", type=int, default=None, help="per batch (default 256; 16 with --quick)")
+        parser.add_argument("--images-224", type=int, default=None,
+                            help="JPEGs in the 224 px folder (default 10,000; 256 with --quick)")
+        parser.add_argument("--images-32", type=int, default=None,
+                            help="in-memory 32 px images (default 50,000; 1,600 with --quick)")
         parser.add_argument("--torch-threads", type=int, default=1,
                             help="PyTorch threads of the training process, which runs the photometric part "
                                  "(default 1, as a Ray CPU worker with train.cpus_per_worker=1)")
@@ -384,6 +389,7 @@ def main() -> None:
     quick = args.quick
     batch = args.batch_size or (16 if quick else 256)
     n224, n32 = (256, 1600) if quick else (10_000, 50_000)
+    n224, n32 = args.images_224 or n224, args.images_32 or n32
     seconds = 4.0 if quick else 30.0  # time spent measuring each loader with the photometric part
     args.data_dir.mkdir(parents=True, exist_ok=True)
 
