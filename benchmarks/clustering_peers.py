@@ -245,7 +245,9 @@ COLUMNS = ["data", "N", "k_true", "method", "seconds", "time/gridshift-auto", "n
            "clusters", "noise", "h", "status"]
 
 
-def plot(rows: list[dict[str, Any]], data: str, path: Path) -> Path | None:
+def plot(rows: list[dict[str, Any]], data: str, path: Path, budget: float) -> Path | None:
+    """Time vs N, log-log, one line per method; a method stopped by the budget ends in an upward triangle
+    drawn at the budget (its time there is only known to exceed it)."""
     try:
         import matplotlib
 
@@ -254,18 +256,25 @@ def plot(rows: list[dict[str, Any]], data: str, path: Path) -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(6, 4.2))
+    n_stopped = 0
     for method in METHODS:
-        pts = [(r["N"], r["seconds"]) for r in rows if r["data"] == data and r["method"] == method
-               and "seconds" in r]
-        if not pts:
+        mine = [r for r in rows if r["data"] == data and r["method"] == method]
+        pts = [(r["N"], r["seconds"]) for r in mine if "seconds" in r]
+        stopped = [r["N"] for r in mine if r.get("status", "").startswith(">")]
+        if not pts and not stopped:
             continue
-        ns, ts = zip(*pts, strict=True)
         style = "-o" if method in OURS else "--s"
-        ax.plot(ns, ts, style, label=method)
-        stopped = [r["N"] for r in rows if r["data"] == data and r["method"] == method
-                   and r.get("status", "").startswith(">")]
+        line = ax.plot(*zip(*pts, strict=True), style, label=method)[0] if pts else None
         if stopped:
-            ax.annotate("> budget", (stopped[0], ts[-1]), fontsize=8)
+            colour = line.get_color() if line is not None else None
+            ax.plot([stopped[0]], [budget], "^", color=colour, markersize=9,
+                    label=None if line is not None else method)
+            if pts:  # dotted from the last measured size to the first size it could not finish
+                ax.plot([pts[-1][0], stopped[0]], [pts[-1][1], budget], ":", color=colour)
+            ax.annotate(f"{method} > budget", (stopped[0], budget), fontsize=7, xytext=(6, -12 - 10 * n_stopped),
+                        textcoords="offset points", color=colour)
+            n_stopped += 1
+    ax.axhline(budget, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("N (points, 3-d)")
@@ -345,7 +354,7 @@ def main() -> None:
     if args.json:
         png = args.json.with_suffix(".png")
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        plotted = plot(rows, "blobs3d-k100", png)
+        plotted = plot(rows, "blobs3d-k100", png, args.budget)
         plots = [png.name] if plotted else []
         write_json(args.json, {"benchmark": "clustering_peers", "quick": args.quick, "budget_s": args.budget,
                                "bandwidth": args.bandwidth,
