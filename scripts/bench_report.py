@@ -75,7 +75,7 @@ def section(name: str, doc: dict[str, Any], report: dict[str, Any], src_rel: str
     out = [f"## {report.get('title') or name}", ""]
     out.append(f"- command: `python benchmarks/{doc.get('command', name + '.py')}`")
     out.append(f"- machine: {machine_line(doc.get('machine') or {})}")
-    out.append(f"- run: {doc.get('created_utc', '?')} UTC; data: [{src_rel}/{name}.json]({src_rel}/{name}.json)")
+    out.append(f"- run: {doc.get('created_utc', '?')}; data: [{src_rel}/{name}.json]({src_rel}/{name}.json)")
     out.append("")
     out += table(columns, rows) if rows else ["(no rows)"]
     notes = [str(n) for n in report.get("notes") or []]
