@@ -5,11 +5,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test lint bench-quick clean
+.PHONY: setup demo test lint bench-quick bench-report gpu-check clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/setup.sh
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/setup.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
 	touch $@
 
@@ -25,6 +25,17 @@ lint: setup
 
 bench-quick: setup
 	bash scripts/run_benchmarks.sh --quick
+
+# The GPU half in one command (benchmarks/gpu_check.py): needs only torch, numpy, scipy and scikit-learn, so
+# it runs from the source tree with the venv's Python when there is one, else with $(PYTHON) (e.g. a GPU
+# image's preinstalled torch); every optional library that is missing is a "skipped" row.
+GPU_CHECK_JSON ?= results/gpu_check.json
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) benchmarks/gpu_check.py --quick --json $(GPU_CHECK_JSON)
+
+# docs/benchmarks.md from the committed full-run JSON in docs/benchmarks/ (standard library only, no venv needed)
+bench-report:
+	$(PYTHON) scripts/bench_report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

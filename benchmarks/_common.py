@@ -162,7 +162,7 @@ def write_json(path: Path | str, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {
-        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": machine_info(),
         **payload,

@@ -22,9 +22,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main``; report a ConfigError (bad key, value or type) in one line with exit status 2."""
+    """Run ``main``; report a ConfigError (bad key, value or type) or a DataError (missing, unreadable or
+    corrupt data) in one line with exit status 2."""
+    from nrcc_scale.data.base import DataError
+
     try:
         return main(argv)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:
+        print(f"data error: {err}", file=sys.stderr)
         return 2

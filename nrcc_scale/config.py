@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 BACKBONES = (
     "resnet_tiny",  # CPU-sized timm ResNet (1 block per stage, widths 16-128): the bundled default
@@ -81,11 +80,15 @@ class DataConfig:
     root: str = ""  # data folder (unused by the bundled digits)
     resolution: int = 16  # training resolution in pixels (digits: 8 px upsampled); 0 = the data set's own
     loader: str = "auto"  # auto (ffcv when a .beton is given and ffcv imports) | torchvision | ffcv
-    beton: str = ""  # path of an FFCV .beton written by `python -m nrcc_scale.data prepare`
+    beton: str = ""  # FFCV .beton from `python -m nrcc_scale.data prepare`: a path, or s3:// gs:// abfs:// file://
+    format: str = "auto"  # auto (the data set's own files / data.beton) | ray_data (Parquet shards at data.root)
+    cache_dir: str = ""  # node-local folder for staged remote files ("": $NRCC_CACHE_DIR or ~/.cache/nrcc_scale)
+    cache_max_gb: float = 200.0  # evict least recently used staged files beyond this (0: no limit)
     loader_workers: int = 0  # data-loading processes per training worker
     on_bad_file: str = "fail"  # fail | skip: what to do with unreadable or corrupt images
     verify_files: str = "auto"  # auto | none | header | decode: how image-folder files are checked when indexed
     use_unlabeled: bool = False  # STL-10: add the 100,000 unlabelled images to the training split
+    labels: str = "auto"  # auto (use labels where the data have them) | none (ignore them: label-free run)
     imbalance_ratio: float = 10.0  # long-tailed sets (cifar10_lt, cifar20_lt): largest / smallest class
     holdout_fraction: float = 0.2  # held-out split for data sets without a test split (digits, folders)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -99,7 +102,9 @@ class ModelConfig:
     projector_hidden: int = 1024
     projector_dim: int = 256
     predictor_hidden: int = 1024
-    channels_last: bool = False
+    # -- GPU (issue 10) --
+    channels_last: bool | None = None  # None: on for convolutional backbones on CUDA (faster cuDNN kernels)
+    sync_bn: bool | None = None  # SyncBatchNorm across workers; None: on for multi-GPU runs (stated in the log)
 
 
 @dataclass
@@ -175,7 +180,9 @@ class TrainConfig:
     num_workers: int = 2  # Ray Train workers (one process per GPU, or per CPU slot)
     cpus_per_worker: int = 1
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
-    amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | off | bf16 | fp16
+    # -- GPU (issue 10) --
+    amp: str = "auto"  # auto (bf16 where the GPU has it, else fp16 + GradScaler; off on CPU) | off | bf16 | fp16
+    compile: bool = False  # torch.compile the networks (CUDA; the first steps are slower while it compiles)
     checkpoint_every: int = 10  # epochs
     keep_checkpoints: int = 2
     monitor_every: int = 25  # epochs between kNN / std / clustering monitors; 0 = only at the end, -1 = never
@@ -197,6 +204,7 @@ class EvalConfig:
     metric: str = "cosine"
     bandwidth: float | None = None  # GridShift cell size; None: automatic, from the data, no labels
     gridshift_max_iter: int = 100
+    gridshift_backend: str = "auto"  # auto (torch on the GPU when there is one) | numpy | torch (issue 10)
     baselines: bool = True  # k-means with the true k, and UMAP + GridShift on raw pixels
     knn_k: int = 20
     knn_temperature: float = 0.07
@@ -262,6 +270,19 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+#: YAML 1.1 (PyYAML) reads ``1e-3`` and ``5e-4`` as strings (it wants ``1.0e-3``); numeric keys accept them.
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+#: String keys that also take a YAML boolean (``amp: off`` is read as False).
+_BOOLEAN_ALIASES: dict[str, dict[bool, str]] = {"train.amp": {False: "off", True: "auto"}}
+
+
+def _number(value: Any) -> Any:
+    """A string spelling a number (``1e-3``, ``5E4``, ``-2.5``) as a float; anything else unchanged."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value.strip())
+    return value
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the annotated type ``tp``; allow the conversions YAML makes natural
     (an int where a float is expected). Raise ConfigError naming the key otherwise."""
@@ -290,6 +311,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{key} = {value!r}: expected true or false")
+    if tp in (int, float):
+        value = _number(value)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -324,6 +347,8 @@ def apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             apply_mapping(current, value, f"{path}.")
         else:
+            if isinstance(value, bool) and path in _BOOLEAN_ALIASES:
+                value = _BOOLEAN_ALIASES[path][value]
             setattr(obj, key, _coerce(path, value, hints[key]))
 
 
@@ -335,6 +360,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override '{text}': the key before '=' is empty")
+    import yaml  # here, not at the top: `benchmarks/gpu_check.py` builds configs without PyYAML installed
+
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -350,6 +377,8 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -395,6 +424,8 @@ def config_from_dict(data: dict[str, Any], validate: bool = True) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
+    import yaml
+
     from nrcc_scale.utils.files import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -432,7 +463,13 @@ def validate_config(cfg: Config) -> None:
     _choice("data.dataset", d.dataset, DATASETS)
     _choice("data.loader", d.loader, ("auto", "torchvision", "ffcv"))
     _choice("data.on_bad_file", d.on_bad_file, ("fail", "skip"))
+    _choice("data.format", d.format, ("auto", "ray_data"))
+    _range("data.cache_max_gb", d.cache_max_gb, 0.0)
+    if d.format == "ray_data" and not d.root:
+        raise ConfigError("data.root is empty: data.format = 'ray_data' needs the Parquet shards' location "
+                          "(written by `python -m nrcc_scale.data shard --out URI`)")
     _choice("data.verify_files", d.verify_files, ("auto", "none", "header", "decode"))
+    _choice("data.labels", d.labels, ("auto", "none"))
     _range("data.resolution", d.resolution, 0)
     _range("data.loader_workers", d.loader_workers, 0)
     _range("data.imbalance_ratio", d.imbalance_ratio, 1.0)
@@ -514,6 +551,7 @@ def validate_config(cfg: Config) -> None:
     _choice("eval.features", e.features, ("projector", "backbone"))
     _choice("eval.reducer", e.reducer, ("umap", "tsne"))
     _choice("eval.umap_backend", e.umap_backend, ("auto", "cuml", "umap-learn"))
+    _choice("eval.gridshift_backend", e.gridshift_backend, ("auto", "numpy", "torch"))
     _range("eval.n_components", e.n_components, 1, 8)
     _range("eval.n_neighbors", e.n_neighbors, 2)
     _range("eval.min_dist", e.min_dist, 0.0)

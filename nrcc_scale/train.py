@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from nrcc_scale.cli import add_config_arguments, config_from_args, run_main
-from nrcc_scale.config import Config, save_config
+from nrcc_scale.config import Config, ConfigError, save_config
 from nrcc_scale.engine.checkpoint import find_latest_checkpoint
 from nrcc_scale.engine.context import LocalContext, RayContext
 from nrcc_scale.engine.loop import train_worker
@@ -80,6 +80,9 @@ def build_trainer(cfg: Config, storage: str, run_dir: Path, callbacks: Sequence[
     from nrcc_scale.ray_setup import cluster_has_gpus
 
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else cluster_has_gpus()
+    if cfg.model.sync_bn and cfg.train.num_workers > 1 and not use_gpu:  # before any worker starts
+        raise ConfigError("model.sync_bn = true needs GPU workers (SyncBatchNorm runs on CUDA only), but this "
+                          "run trains on CPUs; set model.sync_bn=false or train.use_gpu=true on a GPU cluster")
     return TorchTrainer(
         ray_train_loop,
         train_loop_config={"config": cfg.to_dict(), "run_dir": None if is_uri(storage) else str(run_dir)},
@@ -105,9 +108,12 @@ def earlier_run_note(storage: str, name: str) -> str | None:
 
 def fit_trainer(trainer: Any, storage: str, name: str) -> Path:
     """Run ``trainer.fit()``; return a local folder holding the final checkpoint."""
+    from nrcc_scale.data.preflight import find_data_error
+
     result = trainer.fit()
     if result.error is not None:
-        raise result.error
+        data_error = find_data_error(result.error)
+        raise data_error if data_error is not None else result.error
     if result.checkpoint is None and not is_uri(storage):
         # a re-run of a run that had already finished reports nothing new; its last checkpoint is the result
         return _existing_checkpoint(Path(storage) / name)
@@ -169,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     print(f"run {cfg.name}: config saved to {run_dir / 'config.yaml'}", flush=True)
+    from nrcc_scale.data.preflight import check_data_source
+
+    check_data_source(cfg)  # a missing or corrupt data source: one line, exit 2, before any worker starts
 
     started = time.perf_counter()
     checkpoint = train_in_process(cfg, run_dir) if args.no_ray else train_with_ray(cfg, storage, run_dir)
@@ -182,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics["train_seconds"] = round(train_seconds, 2)
         metrics["total_seconds"] = round(time.perf_counter() - started, 2)
         atomic_write_json(run_dir / "metrics.json", metrics)
+        from nrcc_scale.evaluation.html_report import write_html_report
+
+        write_html_report(run_dir, metrics, table)  # again, with the wall times
         print()
         print(table)
         print(f"wall time: training {train_seconds:.1f} s, total {metrics['total_seconds']:.1f} s")

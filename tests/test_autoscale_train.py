@@ -34,7 +34,7 @@ LOOPBACK_IPS = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 TRAIN_ARGS = ["train.num_workers=2", "train.cpus_per_worker=1", "train.epochs=2", "train.batch_size=32",
               "train.checkpoint_every=1", "data.holdout_fraction=0.8", "model.projector_hidden=64",
               "model.predictor_hidden=64", "model.projector_dim=32", "eval.baselines=false",
-              "eval.linear_eval=false", "eval.plots=false"]
+              "eval.linear_eval=false", "eval.plots=false", "train.use_gpu=false"]  # CPU-designed: pinned
 
 
 def test_training_job_scales_the_cluster_up_and_back_down(fake_autoscaling_cluster: rcf.FakeCluster,

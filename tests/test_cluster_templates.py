@@ -42,7 +42,7 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # The training overrides the templates may use (they exist in nrcc_scale.config today).
 KNOWN_TRAIN_KEYS = {
     "storage_path", "name", "train.num_workers", "train.use_gpu", "train.max_failures", "train.epochs",
-    "data.root",
+    "data.root", "data.format", "data.beton", "data.cache_dir",
 }  # fmt: skip
 DOCKER_WORKDIR_RE = re.compile(r"^WORKDIR\s+(\S+)", re.M)
 

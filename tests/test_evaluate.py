@@ -90,7 +90,7 @@ def test_evaluate_embeddings_writes_the_report(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--embeddings", "missing.npy", "--labels", "y.npy"], "--embeddings file missing.npy does not exist"),
-        (["--embeddings", "x.npy"], "--embeddings needs --labels y.npy"),
+        (["--embeddings", "x.npy", "--labels", "nolabels.npy"], "--labels file nolabels.npy does not exist"),
         (["--embeddings", "x.npy", "--labels", "y.npy", "train.epochs=3"], "evaluate only takes eval.* keys"),
         (["--embeddings", "x.npy", "--labels", "y.npy", "eval.bandwidht=1"], "unknown key 'eval.bandwidht'"),
         (["--checkpoint", "nowhere"], "--checkpoint nowhere: no nrcc-scale checkpoint"),
@@ -109,7 +109,7 @@ def test_evaluate_mistakes_are_one_line(tmp_path: Path, args: list[str], message
 def test_evaluate_checkpoint_embeds_every_sample_once_on_ray(tmp_path: Path) -> None:
     train = subprocess.run([sys.executable, "-m", "nrcc_scale.train", "--no-ray", "--no-eval",
                             f"storage_path={tmp_path}", "name=r", "train.epochs=1", "train.batch_size=128",
-                            "model.projector_hidden=64", "model.predictor_hidden=64"],
+                            "model.projector_hidden=64", "model.predictor_hidden=64", "train.use_gpu=false"],
                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr[-3000:]
     out = tmp_path / "eval"

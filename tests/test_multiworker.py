@@ -76,6 +76,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             results[name] = (mean_loss / WORLD, grad / WORLD)
         results["methods"] = _method_step(rank)
         results["cueco"] = _cueco_update(rank)
+        results["cueco_perturbed"] = _cueco_update(rank, perturb=1e-6 * rank)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -117,13 +118,15 @@ def _method_step(rank: int | None):
     return out
 
 
-def _cueco_update(rank: int | None):
+def _cueco_update(rank: int | None, perturb: float = 0.0):
+    """``perturb`` shifts the gathered keys on this worker only: a stand-in for a reduction whose last bits
+    differ between workers (CUDA atomics); the broadcast must still leave every worker with rank 0's state."""
     g = torch.Generator().manual_seed(2)
     keys = F.normalize(torch.randn(WORLD * N_LOCAL, D, generator=g), dim=1)
     clusters = MomentumClusters(3, D, 0.9, 0.9, seed=0)
     local = keys if rank is None else keys[rank * N_LOCAL:(rank + 1) * N_LOCAL]
     all_keys = gather_no_grad(local)
-    clusters.update(all_keys, clusters.assign(all_keys))
+    clusters.update(all_keys + perturb, clusters.assign(all_keys))
     return clusters.centroids.clone(), clusters.variances.clone()
 
 
@@ -162,3 +165,12 @@ def test_cueco_cluster_statistics_reduce_to_the_whole_batch_update(two_worker_re
     for result in two_worker_results:
         torch.testing.assert_close(result["cueco"][0], centroids)
         torch.testing.assert_close(result["cueco"][1], variances)
+
+
+def test_cueco_cluster_statistics_are_identical_on_every_worker_by_construction(two_worker_results) -> None:
+    """Rank 1 computed its update from slightly different numbers; after the update both workers hold rank
+    0's buffers bit for bit (the broadcast), and those equal the single-process update."""
+    rank0, rank1 = (r["cueco_perturbed"] for r in two_worker_results)
+    assert torch.equal(rank0[0], rank1[0]) and torch.equal(rank0[1], rank1[1])
+    centroids, variances = _cueco_update(None)
+    assert torch.equal(rank0[0], centroids) and torch.equal(rank0[1], variances)

@@ -52,7 +52,9 @@ REPO = Path(__file__).resolve().parents[1]
 # eval.n_neighbors above the set size makes the training monitor skip UMAP (kNN and std remain).
 TINY = ["data.holdout_fraction=0.9", "train.batch_size=32", "train.checkpoint_every=1", "train.log_every=1000",
         "model.projector_hidden=64", "model.predictor_hidden=64", "model.projector_dim=32",
-        "optim.warmup_epochs=1", "eval.n_neighbors=100000", "eval.enabled=false"]
+        "optim.warmup_epochs=1", "eval.n_neighbors=100000", "eval.enabled=false",
+        # CPU-designed: on a GPU host, float32 on the CPU (bf16 on CUDA would break the bit-identical checks)
+        "train.use_gpu=false", "train.amp=off"]
 CUECO = ["method.name=cueco", "method.cueco.queue_size=64", "method.cueco.num_centroids=8"]
 EPOCHS = 3
 TIMEOUT_S = 420

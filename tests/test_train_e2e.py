@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = ["train.epochs=2", "train.batch_size=128", "train.checkpoint_every=1", "model.projector_hidden=256",
-         "model.predictor_hidden=256", "eval.linear_eval=false"]
+         "model.predictor_hidden=256", "eval.linear_eval=false",
+         "train.use_gpu=false"]  # CPU-designed: 2 CPU workers even on a 1-GPU host (2 GPU workers would hang)
 loopback_ray_head = rcf.loopback_ray_head
 
 

@@ -165,7 +165,7 @@ def test_sweep_interrupted_then_resumed(tmp_path: Path, monkeypatch) -> None:
     sweep_dir = tmp_path / "smoke"
     marker = tmp_path / "hang_marker"
     cmd = [sys.executable, "-m", "nrcc_scale.tune", "--config", str(SMOKE), f"tune.storage_path={tmp_path}",
-           f"train.epochs={EPOCHS}", "ray.num_cpus=2"]
+           f"train.epochs={EPOCHS}", "ray.num_cpus=2", "train.use_gpu=false"]  # CPU-designed: pinned
     mlflow_store = tmp_path / "mlflow"
     env = _env(**{FAULT_ENV: "2:0:0:hang", FAULT_MARKER_ENV: str(marker),
                   "MLFLOW_TRACKING_URI": f"file://{mlflow_store}", "MLFLOW_ALLOW_FILE_STORE": "true"})

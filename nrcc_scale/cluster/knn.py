@@ -145,7 +145,7 @@ class SearchPlan:
     """How one search will run; computed by :func:`plan_search` before any work, so the rules (exact vs
     IVF, GPU limits) can be unit-tested without data or a GPU."""
 
-    library: str  # "faiss" | "sklearn"
+    library: str  # "faiss" | "sklearn" | "cuvs" (when faiss-GPU has no kernels for the device)
     device: str  # "cpu" | "gpu"
     index: str  # "exact" | "ivf"
     k: int  # neighbours asked from the index (k + 1 when the self-match is to be dropped)
@@ -156,7 +156,9 @@ class SearchPlan:
 
     @property
     def backend(self) -> str:
-        return "sklearn" if self.library == "sklearn" else f"faiss-{self.device} {self.index}"
+        if self.library in ("sklearn", "cuvs"):
+            return self.library if self.library == "sklearn" else f"cuvs {self.index}"
+        return f"faiss-{self.device} {self.index}"
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -326,6 +328,13 @@ def _sklearn_search(database: np.ndarray, queries: np.ndarray | None, plan: Sear
     return scores, ids
 
 
+def _gpu_library() -> str:
+    """"faiss-gpu", "cuvs" or "none": what passed its kernel self-test (:mod:`nrcc_scale.cluster.gpu_knn`)."""
+    from nrcc_scale.cluster.gpu_knn import gpu_knn_backend
+
+    return gpu_knn_backend()[0]
+
+
 def _drop_self(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Remove each row's self-match from a (n, k+1) self-query result.
 
@@ -367,6 +376,9 @@ def knn_search(database: np.ndarray, queries: np.ndarray | None, k: int, *, metr
         raise ValueError(f"k={k} needs at least {k_index} database rows, got {db.shape[0]}")
 
     gpu = backends.select_faiss_gpu("knn", use_gpu)
+    # faiss-GPU may import yet lack kernels for this device (faiss-wheels#151): then cuVS, else faiss on the CPU
+    gpu_library = _gpu_library() if gpu else "faiss-gpu"
+    gpu = gpu and gpu_library == "faiss-gpu"
     plan = plan_search(db.shape[0], k_index, exact_limit=exact_limit, gpu=gpu,
                        faiss=backends.faiss_available(), nprobe=nprobe)
     for note in plan.notes:
@@ -375,9 +387,16 @@ def knn_search(database: np.ndarray, queries: np.ndarray | None, k: int, *, metr
     detail = f"N={db.shape[0]}, queries={n_queries}, k={k}, metric={metric}"
     if plan.index == "ivf":
         detail += f", nlist={plan.nlist}, nprobe={plan.nprobe}"
+    if gpu_library == "cuvs":
+        plan = SearchPlan("cuvs", "gpu", "exact", k_index)
+        detail = f"N={db.shape[0]}, queries={n_queries}, k={k}, metric={metric}"
     backends.log_backend("knn", plan.backend, detail)
 
-    if plan.library == "faiss":
+    if plan.library == "cuvs":
+        from nrcc_scale.cluster.gpu_knn import cuvs_search
+
+        scores, ids = cuvs_search(db, q, k_index, metric, chunk_size)
+    elif plan.library == "faiss":
         scores, ids = _faiss_search(db, q, plan, metric, chunk_size, seed, progress)
     else:
         scores, ids = _sklearn_search(db, q, plan, metric, chunk_size)

@@ -1,6 +1,8 @@
-"""``python -m nrcc_scale.data``: prepare FFCV files, write long-tailed index lists, describe data sets.
+"""``python -m nrcc_scale.data``: prepare FFCV files, write Parquet shards, long-tailed index lists, describe.
 
     python -m nrcc_scale.data prepare  --dataset imagenet10 --root /data/imagenet --out in10.beton
+    python -m nrcc_scale.data prepare  --dataset imagenet10 --root /data/imagenet --out s3://bucket/in10.beton
+    python -m nrcc_scale.data shard    --dataset imagenet10 --root /data/imagenet --out s3://bucket/in10-shards
     python -m nrcc_scale.data longtail --dataset cifar10 --root /data/cifar10 --ratio 10 --out lt.npy
     python -m nrcc_scale.data describe --dataset cifar20 --root /data/cifar100
 
@@ -98,8 +100,15 @@ def _split(bundle: DataBundle, split: str) -> ImageSource:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from nrcc_scale.data.ffcv_io import write_beton
+    from nrcc_scale.utils import remote_fs
 
-    out = Path(args.out).expanduser()
+    destination = args.out
+    remote = remote_fs.is_remote(destination)
+    if remote:
+        if not destination.endswith(".beton"):
+            raise UsageError(f"--out {destination}: expected a URI ending in .beton")
+        remote_fs.check_destination(destination)  # fail early (one line): missing bucket, bad credentials
+    out = Path(remote_fs.local_path_of(destination)) if not remote else _upload_scratch(destination)
     if out.suffix != ".beton":
         raise UsageError(f"--out {out}: expected a file name ending in .beton")
     if out.is_dir():
@@ -123,9 +132,59 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     write_beton(source, out, max_resolution=max_resolution, jpeg_quality=args.jpeg_quality,
                 write_mode=mode, num_workers=args.workers, progress=not args.no_progress)
     size_mb = out.stat().st_size / 2**20
+    if remote:
+        # written completely on local disk first; the object appears at the URI only when fully uploaded
+        try:
+            remote_fs.upload_file(out, destination, progress=not args.no_progress)
+        finally:
+            out.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
-    print(f"wrote {len(source)} images to {out} ({size_mb:.1f} MiB) in {seconds:.1f} s; "
-          f"train with data.beton={out}" + (" (the training split)" if args.split == "train" else ""))
+    print(f"wrote {len(source)} images to {destination} ({size_mb:.1f} MiB) in {seconds:.1f} s; "
+          f"train with data.beton={destination}" + (" (the training split)" if args.split == "train" else ""))
+    return 0
+
+
+def _upload_scratch(uri: str) -> Path:
+    """A local file to write a .beton into before it is uploaded to ``uri`` (in the staging cache dir,
+    which is on a large local disk on cloud nodes)."""
+    import tempfile
+
+    from nrcc_scale.data.staging import default_cache_dir
+
+    folder = default_cache_dir() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".prepare-", suffix=".beton", dir=folder)
+    import os
+
+    os.close(fd)
+    return Path(name)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# shard
+# ----------------------------------------------------------------------------------------------------------
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from nrcc_scale.data.parquet_shards import write_shards
+    from nrcc_scale.utils import remote_fs
+
+    if remote_fs.is_remote(args.out):
+        remote_fs.check_destination(args.out)
+    if args.rows_per_file < 1:
+        raise UsageError(f"--rows-per-file {args.rows_per_file}: must be at least 1")
+    if not 1 <= args.jpeg_quality <= 100:
+        raise UsageError(f"--jpeg-quality {args.jpeg_quality}: must be in 1..100")
+    if args.dataset == "digits":  # the bundled set: handy for tests and the demo of the streaming path
+        cfg = load_config(args.config, ["data.dataset=digits"])
+    else:
+        cfg = _config(args, verify_default="decode" if (args.on_bad_file or "fail") == "skip" else "auto")
+    source = _split(_build(cfg, args.seed), args.split)
+    print(f"writing {source.describe()} ({args.split} split) to {args.out} as Parquet shards of "
+          f"{args.rows_per_file} images (JPEG quality {args.jpeg_quality})", flush=True)
+    started = time.perf_counter()
+    write_shards(source, args.out, args.rows_per_file, args.jpeg_quality, progress=not args.no_progress)
+    print(f"done in {time.perf_counter() - started:.1f} s")
     return 0
 
 
@@ -214,6 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--workers", type=int, default=0, help="encoding processes (0: all cores)")
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(func=cmd_prepare)
+
+    sh = sub.add_parser("shard", help="write Parquet shards (JPEG + label + index) for data.format=ray_data")
+    _add_data_args(sh)
+    sh.add_argument("--out", required=True, help="destination folder or URI (s3://, gs://, abfs://, file://)")
+    sh.add_argument("--split", choices=SPLITS, default="all",
+                    help="all/evaluate (default: training sees every shard, probes use a hold-out of them), "
+                         "train or test")
+    sh.add_argument("--rows-per-file", type=int, default=1000, help="images per shard file (default 1000)")
+    sh.add_argument("--jpeg-quality", type=int, default=95)
+    sh.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sh.set_defaults(func=cmd_shard)
 
     lt = sub.add_parser("longtail", help="write the seeded long-tailed index list of a CIFAR training split")
     lt.add_argument("--dataset", required=True, choices=LONGTAIL_DATASETS)

@@ -52,9 +52,15 @@ def use_ffcv(cfg: DataConfig) -> bool:
 def build_train_loader(cfg: DataConfig, source: ImageSource, resolution: int, num_views: int, batch_size: int,
                        rank: int, world_size: int, seed: int, device: torch.device) -> TrainLoader:
     aug = cfg.augment
+    if cfg.format == "ray_data":
+        from nrcc_scale.data.ray_data_loader import RayDataTrainLoader
+
+        return RayDataTrainLoader(cfg, source, resolution, num_views, batch_size, rank, world_size, seed)
     if use_ffcv(cfg):
         from nrcc_scale.data.ffcv_loader import FFCVTrainLoader
+        from nrcc_scale.data.staging import stage_for_loader
 
+        cfg = stage_for_loader(cfg)  # a remote .beton: this node's local copy (staged once per node)
         return FFCVTrainLoader(cfg, resolution, num_views, batch_size, rank, world_size, seed, device,
                                expected_samples=len(source))
     spatial = SpatialAugment(resolution, (aug.crop_scale_min, aug.crop_scale_max), aug.flip_p)

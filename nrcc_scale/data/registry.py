@@ -30,6 +30,14 @@ BUILDERS: dict[str, Callable[[DataConfig, int], DataBundle]] = {"digits": _digit
 
 
 def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
+    if cfg.format == "ray_data":  # Parquet shards at data.root (python -m nrcc_scale.data shard)
+        from nrcc_scale.data.parquet_shards import parquet_bundle
+
+        return parquet_bundle(cfg.root, cfg.on_bad_file, cfg.holdout_fraction, seed)
+    if "://" in cfg.root:  # a folder data set packed as one archive in object storage: staged per node
+        from nrcc_scale.data.staging import stage_root_for_build
+
+        cfg = stage_root_for_build(cfg)
     if cfg.dataset not in BUILDERS:
         _register_formats()
     try:
@@ -37,7 +45,12 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
     except KeyError:
         raise ValueError(f"data.dataset = {cfg.dataset!r}: no loader is registered for it; "
                          f"known: {', '.join(sorted(BUILDERS))}") from None
-    return builder(cfg, seed)
+    bundle = builder(cfg, seed)
+    if cfg.labels == "none":
+        from nrcc_scale.data.unlabelled import strip_labels
+
+        bundle = strip_labels(bundle)  # no-op for sources that are unlabelled already
+    return bundle
 
 
 def _register_formats() -> None:

@@ -21,7 +21,6 @@ import math
 import os
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,14 @@ from nrcc_scale.data.loaders import TrainLoader, build_train_loader
 from nrcc_scale.data.registry import build_data, training_resolution
 from nrcc_scale.engine.checkpoint import read_rng, read_state, write_checkpoint
 from nrcc_scale.engine.context import RunContext
+from nrcc_scale.engine.gpu_defaults import (
+    amp_dtype,
+    configure_cuda,
+    convert_sync_bn,
+    describe,
+    use_channels_last,
+    use_sync_bn,
+)
 from nrcc_scale.engine.optim import build_optimizer, count_parameters
 from nrcc_scale.engine.schedule import cosine_with_warmup, peak_lr, set_learning_rate
 from nrcc_scale.methods import SSLMethod, StepOutput, build_method
@@ -54,15 +61,11 @@ FAULT_ENV = "NRCC_FAULT_AT"
 FAULT_MARKER_ENV = "NRCC_FAULT_MARKER"
 #: Config keys that may change between a run and its resumption without breaking exactness.
 RESUME_FREE_KEYS = ("name", "storage_path", "eval.", "ray.", "train.max_failures", "train.keep_checkpoints",
-                    "train.log_every", "train.checkpoint_every", "data.root", "data.beton", "data.loader_workers")
+                    "train.log_every", "train.checkpoint_every", "data.root", "data.beton", "data.loader_workers",
+                    "data.cache_dir", "data.cache_max_gb")
 
 
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    if setting == "off" or (setting == "auto" and device.type != "cuda"):
-        return None
-    if setting == "fp16":
-        return torch.float16
-    return torch.bfloat16
+__all__ = ["TrainingRun", "amp_dtype", "build_training", "train_step", "train_worker"]
 
 
 def _emit(message: str, stream=None) -> None:
@@ -144,6 +147,9 @@ class TrainingRun:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    channels_last: bool = False
+    sync_bn: bool = False
+    compiled: bool = False
 
     def lr_at(self, step: int) -> float:
         return cosine_with_warmup(step, self.total_steps, self.warmup_steps, self.lr_peak,
@@ -159,14 +165,26 @@ def build_training(cfg: Config, ctx: RunContext) -> TrainingRun:
     """Data, model (DDP-wrapped when distributed), loader, augmentation, optimizer and scaler."""
     t = cfg.train
     device = ctx.device
+    configure_cuda(device, t.deterministic)
+    sync_bn = use_sync_bn(cfg, device, ctx.world_size)  # a config error surfaces before the data is read
     data = build_data(cfg.data, seed=t.seed)
     resolution = training_resolution(cfg.data, data.train)
     if len(data.train) < t.batch_size:
         raise ConfigError(f"train.batch_size = {t.batch_size} is larger than the training set "
                           f"({data.train.describe()}); lower train.batch_size")
-    method = build_method(cfg, resolution).to(device)
-    if cfg.model.channels_last:
+    method = build_method(cfg, resolution)
+    if sync_bn:
+        # before DDP and the optimizer: the converted layers are new modules with the same parameters
+        method = convert_sync_bn(method)
+    method = method.to(device)
+    channels_last = use_channels_last(cfg, device)
+    if channels_last:
         method = method.to(memory_format=torch.channels_last)
+    if t.compile:
+        for name in ("online", "target", "predictor"):
+            net = getattr(method, name, None)
+            if isinstance(net, torch.nn.Module):
+                net.compile()  # in place: parameter names (and checkpoints) stay those of the eager module
     num_views = 3 if method.needs_third_view else 2
     loader = build_train_loader(cfg.data, data.train, resolution, num_views, t.batch_size // ctx.world_size,
                                 ctx.rank, ctx.world_size, seed=t.seed, device=device)
@@ -187,7 +205,8 @@ def build_training(cfg: Config, ctx: RunContext) -> TrainingRun:
                        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), dtype=dtype,
                        num_views=num_views, device=device, lr_peak=lr_peak, steps_per_epoch=steps_per_epoch,
                        total_steps=t.epochs * steps_per_epoch,
-                       warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch))
+                       warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),
+                       channels_last=channels_last, sync_bn=sync_bn, compiled=t.compile)
 
 
 def train_step(run: TrainingRun, views: torch.Tensor, step: int) -> StepOutput | None:
@@ -195,15 +214,18 @@ def train_step(run: TrainingRun, views: torch.Tensor, step: int) -> StepOutput |
     no update, when the loss was not finite on some worker."""
     views = views.to(run.device, non_blocking=True)
     xs = [run.photometric(views[:, v]) for v in range(run.num_views)]
-    if run.cfg.model.channels_last:
+    if run.channels_last:
         xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
     set_learning_rate(run.optimizer, run.lr_at(step))
     with torch.autocast(run.device.type, dtype=run.dtype or torch.float32, enabled=run.dtype is not None):
         out = run.model(*xs)
     run.optimizer.zero_grad(set_to_none=True)
-    if not _finite_everywhere(out.loss):
-        return None
     run.scaler.scale(out.loss).backward()
+    # the step's one host synchronisation, placed after the backward is queued so the GPU stays busy while
+    # the host waits; every worker ran the backward (DDP needs that), and all skip the step together
+    if not _finite_everywhere(out.loss):
+        run.optimizer.zero_grad(set_to_none=True)
+        return None
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.method.after_optimizer_step((step + 1) / run.total_steps)
@@ -226,6 +248,8 @@ def train_worker(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
                      f"at {run.resolution} px | {cfg.model.backbone} ({count_parameters(method.online) / 1e6:.2f} M "
                      f"params) | {ctx.world_size} worker(s) on {device} | global batch {t.batch_size}, "
                      f"{run.steps_per_epoch} steps/epoch, epochs {start_epoch + 1}..{t.epochs} | amp {run.dtype}")
+    _print(ctx.rank, describe(device, run.dtype, run.channels_last, run.sync_bn, run.compiled)
+           + (" (model.sync_bn: default for multi-GPU runs)" if run.sync_bn and cfg.model.sync_bn is None else ""))
     if start_epoch >= t.epochs:
         _print(ctx.rank, f"nothing to train: the checkpoint is already at the last epoch ({t.epochs})")
 
@@ -236,7 +260,8 @@ def train_worker(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         for epoch in range(start_epoch, t.epochs):
             run.loader.set_epoch(epoch)
             method.train()
-            sums: dict[str, float] = defaultdict(float)
+            # metrics stay on the device (no host synchronisation per step); read at log intervals and epoch end
+            sums: dict[str, torch.Tensor] = {}
             counted = 0
             started = time.perf_counter()
             for batch_index, (views, _labels, _index) in enumerate(run.loader):
@@ -255,7 +280,8 @@ def train_worker(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
                 bad_steps = 0
                 step += 1
                 for key, value in out.metrics.items():
-                    sums[key] += float(value)
+                    value = value.detach().to(device=device, dtype=torch.float64)
+                    sums[key] = sums[key] + value if key in sums else value
                 counted += 1
                 if ctx.rank == 0 and t.log_every and step % t.log_every == 0:
                     _emit(f"  epoch {epoch + 1}/{t.epochs} step {step}/{run.total_steps} "
@@ -348,9 +374,11 @@ def _finite_everywhere(loss: torch.Tensor) -> bool:
     return bool(flag.item() > 0)
 
 
-def _epoch_metrics(sums: dict[str, float], counted: int, device: torch.device) -> dict[str, Any]:
+def _epoch_metrics(sums: dict[str, torch.Tensor], counted: int, device: torch.device) -> dict[str, Any]:
     keys = sorted(sums)
-    values = torch.tensor([sums[k] / max(counted, 1) for k in keys], dtype=torch.float64, device=device)
+    if not keys:
+        return {}
+    values = torch.stack([sums[k].to(device=device, dtype=torch.float64) for k in keys]) / max(counted, 1)
     values = all_reduce_mean(values) if keys else values
     return {k: float(v) for k, v in zip(keys, values.tolist(), strict=True)}
 
@@ -378,7 +406,8 @@ def _monitor(method: SSLMethod, cfg: Config, data, resolution: int, device: torc
 
 def _format_epoch(metrics: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {metrics['epoch']}/{epochs}"]
-    for key in ("loss", "loss_base", "loss_nrcc", "knn_acc", "global_std", "monitor_nmi", "monitor_acc"):
+    for key in ("loss", "loss_base", "loss_nrcc", "knn_acc", "global_std", "monitor_nmi", "monitor_acc",
+                "monitor_rankme", "monitor_stability"):
         if key in metrics and isinstance(metrics[key], float) and math.isfinite(metrics[key]):
             parts.append(f"{key} {metrics[key]:.4f}")
     parts.append(f"{metrics['images_per_second']:.0f} img/s")

@@ -5,12 +5,19 @@ its rows and writes ``shards/shard_<k>.npz`` (sample index, label, embedding) at
 then reads the shards and checks that the indices are exactly 0..N-1, each once: the reference code's
 padded distributed sampler duplicated samples and averaged them; here a lost or duplicated sample is an
 error, not an average. A shard already on disk (from an interrupted run) is reused.
+
+On a cluster with GPUs each task asks Ray for a share of one GPU (at most ``MAX_TASKS_PER_GPU`` tasks per
+GPU) and embeds on the device Ray assigned to it (Ray sets ``CUDA_VISIBLE_DEVICES`` for such a task, so it
+is ``cuda:0`` inside the task). Without GPUs the tasks ask for none and run on the CPU: Ray does not hide
+the GPUs from a task that asked for none, and every such task would otherwise pile onto ``cuda:0``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +25,32 @@ import torch
 from nrcc_scale.evaluation.embed import Embeddings
 
 log = logging.getLogger("nrcc_scale.evaluate")
+
+#: Embedding tasks sharing one GPU at a time (each holds a model and a batch in GPU memory).
+MAX_TASKS_PER_GPU = 4
+
+
+def gpu_share(num_shards: int, num_gpus: float) -> float:
+    """The GPU fraction each task asks for: 0 without GPUs; else enough tasks per GPU to use every GPU
+    (up to :data:`MAX_TASKS_PER_GPU`), as a fraction Ray accepts (1/m for an integer m)."""
+    if num_gpus <= 0:
+        return 0.0
+    per_gpu = max(1, min(MAX_TASKS_PER_GPU, math.ceil(num_shards / num_gpus)))
+    return 1.0 / per_gpu
+
+
+def task_device(use_gpu: bool | None) -> torch.device:
+    """The device of one embedding task: the GPU Ray assigned (``use_gpu=True``), the CPU (``False``), or,
+    outside Ray (``None``), CUDA when available."""
+    if use_gpu is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not use_gpu:
+        return torch.device("cpu")
+    import ray
+
+    if not ray.get_gpu_ids():
+        raise RuntimeError("embedding task asked for a GPU but Ray assigned none to it")
+    return torch.device("cuda", 0)  # Ray restricted CUDA_VISIBLE_DEVICES to the assigned GPU
 
 
 def shard_bounds(n: int, num_shards: int) -> list[tuple[int, int]]:
@@ -27,14 +60,15 @@ def shard_bounds(n: int, num_shards: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
-def embed_shard(checkpoint: str, start: int, stop: int, out_path: str, batch_size: int) -> str:
+def embed_shard(checkpoint: str, start: int, stop: int, out_path: str, batch_size: int,
+                use_gpu: bool | None = None) -> str:
     """One task: embed rows [start, stop) of the checkpoint's evaluation set into ``out_path``."""
     from nrcc_scale.data.registry import build_data
     from nrcc_scale.evaluation.checkpoint_eval import load_trained
     from nrcc_scale.evaluation.embed import embed_source
     from nrcc_scale.utils.files import atomic_path
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = task_device(use_gpu)
     trained = load_trained(Path(checkpoint), device)
     data = build_data(trained.cfg.data, seed=trained.cfg.train.seed)
     emb = embed_source(trained.method.embedding_model(), data.evaluate, trained.resolution, device, batch_size,
@@ -59,17 +93,25 @@ def merge_shards(paths: list[Path], n: int) -> Embeddings:
 
 
 def embed_with_ray(checkpoint: Path, num_samples: int, out_dir: Path, num_shards: int, batch_size: int = 512,
-                   gpus_per_task: float = 0.0) -> Embeddings:
-    """Run :func:`embed_shard` as Ray tasks (Ray must be initialised) and merge the shards."""
+                   gpus_per_task: float | None = None, task: Any = embed_shard,
+                   task_kwargs: dict[str, Any] | None = None) -> Embeddings:
+    """Run :func:`embed_shard` (or ``task``, same positional arguments plus ``use_gpu`` and ``task_kwargs``:
+    e.g. the images of ``python -m nrcc_scale.assign``) as Ray tasks (Ray must be initialised) and merge the
+    shards. ``gpus_per_task``: None = :func:`gpu_share` of the cluster's GPUs (0 on a CPU cluster)."""
     import ray
     from tqdm.auto import tqdm
 
     shard_dir = out_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    remote = ray.remote(num_cpus=1, num_gpus=gpus_per_task)(embed_shard)
+    if gpus_per_task is None:
+        gpus_per_task = gpu_share(num_shards, float(ray.cluster_resources().get("GPU", 0)))
+    use_gpu = gpus_per_task > 0
+    log.info("stage embed: backend %s (Ray tasks with %s GPU each)", "torch-cuda" if use_gpu else "torch-cpu",
+             f"{gpus_per_task:g}")
+    remote = ray.remote(num_cpus=1, num_gpus=gpus_per_task)(task)
     bounds = shard_bounds(num_samples, num_shards)
     paths = [shard_dir / f"shard_{k:05d}_{a}_{b}.npz" for k, (a, b) in enumerate(bounds)]
-    pending = [remote.remote(str(checkpoint), a, b, str(p), batch_size)
+    pending = [remote.remote(str(checkpoint), a, b, str(p), batch_size, use_gpu=use_gpu, **(task_kwargs or {}))
                for (a, b), p in zip(bounds, paths, strict=True) if not p.is_file()]
     with tqdm(total=len(bounds), desc="embed (Ray)", initial=len(bounds) - len(pending)) as bar:
         while pending:

@@ -39,6 +39,7 @@ class ClusteringOutcome:
     backends: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # e.g. knn recall, sample_size, noise_fraction
+    modes: np.ndarray | None = None  # GridShift's cluster centres in the reduced space, row c = cluster c
 
     def summary(self) -> dict[str, Any]:
         out = dict(self.scores)
@@ -88,7 +89,17 @@ def fixed_subsample(n: int, size: int, seed: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def reduce_and_gridshift(features: np.ndarray, labels: np.ndarray, cfg: EvalConfig, name: str,
+def _scores(labels: np.ndarray | None, predicted: np.ndarray) -> dict[str, Any]:
+    """Scores against ground truth when every sample has a label; else only what needs none."""
+    from nrcc_scale.evaluation.label_free import has_labels
+
+    scores = clustering_scores(labels, predicted) if has_labels(labels) else \
+        {"num_clusters": int(len(np.unique(predicted)))}
+    scores.update(cluster_size_spread(predicted))
+    return scores
+
+
+def reduce_and_gridshift(features: np.ndarray, labels: np.ndarray | None, cfg: EvalConfig, name: str,
                          metric: str | None = None) -> ClusteringOutcome:
     """kNN graph -> UMAP (or t-SNE) -> GridShift -> scores."""
     from nrcc_scale.cluster.knn import knn_graph
@@ -123,20 +134,37 @@ def reduce_and_gridshift(features: np.ndarray, labels: np.ndarray, cfg: EvalConf
     _stage_done(name, cfg.reducer.upper() if cfg.reducer == "umap" else "t-SNE", seconds["reduce"],
                 ", ".join(f"{k}={v}" for k, v in reduced.params.items()))
     t0 = time.perf_counter()
-    gridshift = GridShift(bandwidth=cfg.bandwidth, max_iter=cfg.gridshift_max_iter, progress=progress)
-    predicted = gridshift.fit_predict(reduced.embedding)
+    gs_backend, gs_input = gridshift_input(reduced.embedding, cfg.gridshift_backend)
+    gridshift = GridShift(bandwidth=cfg.bandwidth, max_iter=cfg.gridshift_max_iter, backend=gs_backend,
+                          progress=progress)
+    predicted = gridshift.fit_predict(gs_input)
     backends["cluster"], seconds["cluster"] = f"gridshift-{gridshift.backend_}", time.perf_counter() - t0
     _stage_done(name, "GridShift", seconds["cluster"], f"{gridshift.n_iter_} iterations, bandwidth "
                 f"{gridshift.bandwidth_:.4g}")
     t0 = time.perf_counter()
-    scores = clustering_scores(labels, predicted)
-    scores.update(cluster_size_spread(predicted))
+    scores = _scores(labels, predicted)
     seconds["metrics"] = time.perf_counter() - t0
     _stage_done(name, "metrics", seconds["metrics"])
-    log.info("%s: %s clusters (bandwidth %.4g) NMI %.4f ACC %.4f | %s", name, scores["num_clusters"],
-             gridshift.bandwidth_, scores["nmi"], scores["acc"], backends)
+    nmi, acc = (f"{scores[k]:.4f}" if k in scores else "-" for k in ("nmi", "acc"))
+    log.info("%s: %s clusters (bandwidth %.4g) NMI %s ACC %s | %s", name, scores["num_clusters"],
+             gridshift.bandwidth_, nmi, acc, backends)
     return ClusteringOutcome(name, scores, predicted, reduced.embedding, float(gridshift.bandwidth_),
-                             backends, seconds, info)
+                             backends, seconds, info, modes=np.asarray(gridshift.cluster_centers_))
+
+
+def gridshift_input(reduced: np.ndarray, setting: str) -> tuple[str, Any]:
+    """(GridShift backend, its input) for ``eval.gridshift_backend``: ``auto`` hands GridShift a CUDA tensor
+    when a GPU is there (its torch backend then runs on the device) and the NumPy array otherwise; ``torch``
+    a tensor on CUDA if available, else on the CPU; ``numpy`` the array."""
+    if setting == "numpy":
+        return "numpy", reduced
+    import torch
+
+    if torch.cuda.is_available():
+        return "torch", torch.from_numpy(np.ascontiguousarray(reduced)).to("cuda")
+    if setting == "torch":
+        return "torch", torch.from_numpy(np.ascontiguousarray(reduced))
+    return "numpy", reduced
 
 
 def kmeans_true_k(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
@@ -193,10 +221,17 @@ class EvaluationResult:
 def evaluate_embeddings(features: np.ndarray, labels: np.ndarray, num_classes: int, cfg: EvalConfig,
                         raw_features: np.ndarray | None = None) -> EvaluationResult:
     """The learned embedding through UMAP + GridShift, and the baselines when configured (on a fixed
-    subsample of ``eval.baseline_sample`` points above that size)."""
+    subsample of ``eval.baseline_sample`` points above that size). Without labels (all -1) only what needs
+    none runs: no k-means with the true k, no HDBSCAN row, no scores against classes."""
+    from nrcc_scale.evaluation.label_free import has_labels, label_free_scores
+
     main = reduce_and_gridshift(features, labels, cfg, "learned: UMAP + GridShift")
     baselines: dict[str, ClusteringOutcome] = {}
-    if cfg.baselines:
+    labelled = has_labels(labels)
+    if cfg.baselines and not labelled and raw_features is not None:
+        baselines["raw_pixels_umap_gridshift"] = reduce_and_gridshift(
+            raw_features, labels, cfg, "raw pixels: UMAP + GridShift", metric="euclidean")
+    if cfg.baselines and labelled:
         t0 = time.perf_counter()
         rows = fixed_subsample(len(labels), cfg.baseline_sample, cfg.seed)
         sub_labels = labels if rows is None else labels[rows]
@@ -222,5 +257,7 @@ def evaluate_embeddings(features: np.ndarray, labels: np.ndarray, num_classes: i
         _stage_done("learned", "baselines", main.seconds["baselines"],
                     "all points" if rows is None else f"{len(rows):,}-point subsample")
     extra = {"global_std": global_std(features), "embedding_dim": int(features.shape[1]),
-             "num_samples": int(features.shape[0])}
+             "num_samples": int(features.shape[0]), "labelled": labelled}
+    extra.update(label_free_scores(features, main.reduced, main.predicted, main.bandwidth, seed=cfg.seed,
+                                   max_iter=cfg.gridshift_max_iter))
     return EvaluationResult(main, baselines, extra)

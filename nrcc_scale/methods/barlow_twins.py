@@ -10,8 +10,10 @@ import torch
 from torch import Tensor
 
 from nrcc_scale.methods.distributed import gather_with_grad
+from nrcc_scale.methods.precision import full_precision
 
 
+@full_precision
 def cross_correlation(z_a: Tensor, z_b: Tensor, eps: float = 1e-5) -> Tensor:
     n = z_a.shape[0]
     a = (z_a - z_a.mean(0)) / torch.sqrt(z_a.var(0, unbiased=False) + eps)
@@ -19,11 +21,11 @@ def cross_correlation(z_a: Tensor, z_b: Tensor, eps: float = 1e-5) -> Tensor:
     return a.T @ b / n
 
 
+@full_precision
 def barlow_twins_loss(z_a: Tensor, z_b: Tensor, off_diagonal_weight: float, gather: bool = True) -> Tensor:
     if gather:
         z_a, z_b = gather_with_grad(z_a), gather_with_grad(z_b)
-    dtype = torch.promote_types(z_a.dtype, torch.float32)  # full precision under autocast
-    c = cross_correlation(z_a.to(dtype), z_b.to(dtype))
+    c = cross_correlation(z_a, z_b)
     diag = torch.diagonal(c)
     on = (1.0 - diag).pow(2).sum()
     off = c.pow(2).sum() - diag.pow(2).sum()

@@ -7,7 +7,8 @@ momentum-updated cluster centroids (METHOD.md fixes what the summary leaves open
     L  = lambda1 L1 + lambda2 L2 + lambda3 L3
 
 After each optimizer step, with S_l the keys assigned to cluster l in the batch gathered from every worker
-(so every worker applies the same update and the buffers stay identical):
+(so every worker applies the same update; the float64 sums use ``index_add_``, whose CUDA atomics add in
+no fixed order, so rank 0's result is then broadcast and the buffers are identical by construction):
 
     c_l       <- normalize(beta1 c_l + (1 - beta1) mean_{S_l} z')
     sigma^2_l <- beta2 sigma^2_l + (1 - beta2) mean_{S_l} ||z' - mu_l||^2 / d      (mu_l: batch mean of S_l)
@@ -27,7 +28,8 @@ from torch import Tensor, nn
 
 from nrcc_scale.config import Config, CueCoConfig
 from nrcc_scale.methods.base import Encoder, SSLMethod, StepOutput, normalized
-from nrcc_scale.methods.distributed import gather_no_grad
+from nrcc_scale.methods.distributed import broadcast_from_rank0, gather_no_grad
+from nrcc_scale.methods.precision import full_precision
 from nrcc_scale.models.ema import ema_momentum, ema_update, make_target
 
 
@@ -67,6 +69,8 @@ class MomentumClusters(nn.Module):
         self.centroids[present] = new_c[present].to(self.centroids.dtype)
         self.variances[present] = new_v[present].to(self.variances.dtype)
         self.hit |= present
+        # identical on every worker by construction (a few kB per step): see the module docstring
+        broadcast_from_rank0(self.centroids, self.variances, self.hit)
 
     @torch.no_grad()
     def reseed_empty(self, keys: Tensor, epoch: int) -> int:
@@ -81,6 +85,7 @@ class MomentumClusters(nn.Module):
         return int(len(empty))
 
 
+@full_precision
 def cueco_losses(queries: Tensor, keys: Tensor, queue: Tensor, clusters: MomentumClusters,
                  cfg: CueCoConfig, assignment: Tensor) -> dict[str, Tensor]:
     """The three CueCo losses, means over the queries (all inputs L2-normalised)."""
@@ -131,7 +136,9 @@ class CueCoMethod(SSLMethod):
             self._pending = (all_keys, all_assign, all_queue_keys)
         metrics = {f"loss_{k}": v.detach() for k, v in parts.items()}
         metrics["loss"] = loss.detach()
-        metrics["clusters_used"] = torch.tensor(float(torch.unique(assignment).numel()))
+        # counted on the device: torch.unique would wait for the GPU every step
+        used = (torch.bincount(assignment, minlength=self.clusters.centroids.shape[0]) > 0).sum()
+        metrics["clusters_used"] = used.to(torch.float32)
         return StepOutput(loss, metrics)
 
     @torch.no_grad()

@@ -70,6 +70,17 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     return x
 
 
+@torch.no_grad()
+def broadcast_from_rank0(*tensors: Tensor) -> None:
+    """Overwrite each tensor, in place, with rank 0's copy (identity in a single process): state that every
+    worker computes from the same gathered data can still differ in the last bits when the computation
+    uses atomics (``index_add_`` on CUDA), and must not drift apart over a run."""
+    if not is_distributed():
+        return
+    for t in tensors:
+        dist.broadcast(t, src=0)
+
+
 def row_offset(local_rows: int) -> int:
     """Index of this worker's first row in a gathered batch (equal batch sizes on every worker)."""
     return rank() * local_rows

@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nrcc_scale.methods.distributed import gather_with_grad, row_offset
+from nrcc_scale.methods.precision import full_precision
 
 
+@full_precision
 def info_nce_loss(z_a: Tensor, z_b: Tensor, temperature: float, gather: bool = True) -> Tensor:
     """Mean over this worker's 2n anchors of -log softmax(positive) among all other 2N - 1 views.
 

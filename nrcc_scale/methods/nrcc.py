@@ -18,7 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nrcc_scale.methods.precision import full_precision
 
+
+@full_precision
 def nrcc_regularizer(u: Tensor, v_pos: Tensor, v_neg: Tensor, *, weight: float, temperature: float,
                      positive_weight: float = 1.0, exclude_self: bool = True, offset: int = 0) -> Tensor:
     """Mean over the n anchors of R_i.

@@ -33,14 +33,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nrcc_scale.config import SGHMCConfig
+from nrcc_scale.methods.precision import InputGradScaler, full_precision
 
 GradientFn = Callable[[Tensor], Tensor]
 
 
+@full_precision
 def alignment_potential(h_x: Tensor, h_ref: Tensor, pairs: str = "batch") -> Tensor:
     """sum_i U(X_i): -log(1 + cos^2) between h(X_i) and the reference embeddings h(x^b_j)."""
-    dtype = torch.promote_types(h_x.dtype, torch.float32)  # at least fp32, even under autocast
-    cos = F.normalize(h_x.to(dtype), dim=-1) @ F.normalize(h_ref.detach().to(dtype), dim=-1).T
+    # float32 at least, autocast off (@full_precision): a bf16 cosine has 3 significant digits
+    cos = F.normalize(h_x, dim=-1) @ F.normalize(h_ref.detach(), dim=-1).T
     if pairs == "self":
         cos = torch.diagonal(cos)
     elif pairs != "batch":
@@ -49,14 +51,15 @@ def alignment_potential(h_x: Tensor, h_ref: Tensor, pairs: str = "batch") -> Ten
 
 
 def potential_gradient(features: Callable[[Tensor], Tensor], x: Tensor, h_ref: Tensor,
-                       pairs: str = "batch") -> Tensor:
+                       pairs: str = "batch", scaler: InputGradScaler | None = None) -> Tensor:
     """grad_X sum_i U(X_i) by one input-only backward (the network's parameters must not require grad
-    for this to cost only that; if they do, autograd still computes only the input's gradient)."""
+    for this to cost only that; if they do, autograd still computes only the input's gradient). Under fp16
+    autocast the potential is loss-scaled for the backward through the network (``scaler``; a fresh one
+    when None) and the gradient unscaled, so it does not underflow."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         potential = alignment_potential(features(x), h_ref, pairs)
-        (grad,) = torch.autograd.grad(potential, x)
-    return grad
+        return (scaler or InputGradScaler()).grad(potential, x)
 
 
 def needs_gradient(kind: str) -> bool:

@@ -6,10 +6,14 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from nrcc_scale.methods.precision import full_precision
 
+
+@full_precision
 def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
     return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
 
 
+@full_precision
 def simsiam_loss(p_a: Tensor, p_b: Tensor, z_a: Tensor, z_b: Tensor) -> Tensor:
     return 0.5 * negative_cosine(p_a, z_b) + 0.5 * negative_cosine(p_b, z_a)

@@ -25,6 +25,7 @@ from nrcc_scale.methods.byol import byol_loss
 from nrcc_scale.methods.distributed import gather_no_grad, gather_with_grad, row_offset
 from nrcc_scale.methods.infonce import info_nce_loss
 from nrcc_scale.methods.nrcc import nrcc_regularizer
+from nrcc_scale.methods.precision import InputGradScaler
 from nrcc_scale.methods.sghmc import alignment_potential, needs_gradient, negative_views
 from nrcc_scale.methods.simsiam import simsiam_loss
 from nrcc_scale.models.batchnorm import preserved_batchnorm_stats
@@ -48,6 +49,8 @@ class TwoViewMethod(SSLMethod):
             self.predictor = MLPHead(cfg.model.projector_dim, cfg.model.predictor_hidden, cfg.model.projector_dim)
         if self.has_target:
             self.target = make_target(self.online)
+        # fp16 autocast: the SGHMC input gradient is loss-scaled (a no-op in bf16 and float32)
+        self.input_grad_scaler = InputGradScaler()
 
     # -- hooks for subclasses --------------------------------------------------------------------------
     def base_loss(self, out: dict[str, Tensor]) -> Tensor:
@@ -134,8 +137,7 @@ class TwoViewMethod(SSLMethod):
             with torch.enable_grad(), preserved_batchnorm_stats(network):
                 h, z = network(x)
                 potential = alignment_potential(self._potential_features(h, z), ref, sghmc.potential_pairs)
-                (g,) = torch.autograd.grad(potential, x)
-            return g
+                return self.input_grad_scaler.grad(potential, x)
 
         first_grad = None
         if have_graph:
@@ -143,7 +145,7 @@ class TwoViewMethod(SSLMethod):
             feats = self._potential_features(out[f"h{prefix}_a"], out[f"z{prefix}_a"])
             potential = alignment_potential(feats, ref, sghmc.potential_pairs)
             # the online graph is still needed by the main loss; the target's is not
-            (first_grad,) = torch.autograd.grad(potential, x_a, retain_graph=not self.has_target)
+            first_grad = self.input_grad_scaler.grad(potential, x_a, retain_graph=not self.has_target)
         return negative_views(kind, x_a.detach(), grad_at, sghmc, first_grad=first_grad)
 
     def _nrcc_term(self, out: dict[str, Tensor], x_c: Tensor) -> Tensor:
