@@ -220,3 +220,21 @@ def test_report_html_renders_in_headless_chromium(tmp_path: Path) -> None:
     _blob_run(tmp_path / "run", labelled=True)
     (tmp_path / "blank").mkdir()
     check_rendered_report(tmp_path / "run" / "report.html", tmp_path, expect_images=3)
+
+
+@pytest.mark.parametrize("builder", ["faiss-exact", "pynndescent"])
+def test_calibration_distances_read_off_the_knn_graph_equal_a_direct_search(builder: str) -> None:
+    """The pipeline hands assign's calibration each row's nearest-other distance from its kNN graph instead
+    of searching every row again: equal to the direct search, duplicates (self not in column 0) included."""
+    from nrcc_scale.cluster.knn import knn_graph
+    from nrcc_scale.evaluation.clusters_output import nearest_other_distance
+    from nrcc_scale.evaluation.pipeline import nearest_other_from_graph
+
+    x = np.random.default_rng(0).standard_normal((3000, 32)).astype(np.float32)
+    x[5] = x[6]  # an exact duplicate: its nearest other row is at distance 0
+    graph = knn_graph(x, 10, metric="cosine", backend=builder)
+    from_graph = nearest_other_from_graph(graph.indices, graph.distances)
+    direct = nearest_other_distance(x)
+    assert from_graph[5] < 1e-5 and from_graph[6] < 1e-5
+    close = np.isclose(from_graph, direct, atol=1e-5)
+    assert close.mean() >= (1.0 if builder == "faiss-exact" else graph.recall - 0.02), close.mean()

@@ -144,7 +144,8 @@ def write_cluster_outputs(out_dir: Path, result: EvaluationResult, emb: Embeddin
     main = result.main
     if main.reduced is None or main.modes is None:
         return {}
-    files = write_run_clusters(out_dir, source, emb.indices, emb.features, main.reduced, main.predicted, main.modes)
+    files = write_run_clusters(out_dir, source, emb.indices, emb.features, main.reduced, main.predicted, main.modes,
+                               nearest=main.nearest_distance)
     if plots:
         files.update(write_galleries(out_dir, source, emb.indices, main.predicted, main.reduced, main.modes,
                                      emb.labels, getattr(source, "class_names", None)))

@@ -149,12 +149,14 @@ def cluster_columns(index: np.ndarray, ids: list[str], clusters: np.ndarray, red
             "confidence": conf.astype(np.float64)}
 
 
-def calibrate(features: np.ndarray, quantile: float = CALIBRATION_QUANTILE) -> dict[str, Any]:
+def calibrate(features: np.ndarray, quantile: float = CALIBRATION_QUANTILE,
+              nearest: np.ndarray | None = None) -> dict[str, Any]:
     """The ``unassigned`` distance: the ``quantile`` of every training embedding's cosine distance to its
     nearest *other* training embedding. A new image from the training distribution is about as far from
     its nearest training image, so about ``1 - quantile`` of such images are called unassigned; an image
-    unlike anything in the run is farther."""
-    d = nearest_other_distance(features)
+    unlike anything in the run is farther. ``nearest``: those distances when already known (the pipeline
+    reads them off its cosine kNN graph), so no second search over every row is made."""
+    d = nearest_other_distance(features) if nearest is None else np.asarray(nearest, dtype=np.float64)
     return {"metric": "cosine", "k": ASSIGN_K, "quantile": quantile, "threshold": float(np.quantile(d, quantile)),
             "median_nearest_distance": float(np.median(d)), "num_training": int(len(features))}
 
@@ -177,7 +179,8 @@ def nearest_other_distance(features: np.ndarray, exact_numpy_limit: int = 10_000
 
 
 def write_run_clusters(out_dir: Path, source: Any, rows: np.ndarray, features: np.ndarray, reduced: np.ndarray,
-                       predicted: np.ndarray, modes: np.ndarray) -> dict[str, str]:
+                       predicted: np.ndarray, modes: np.ndarray,
+                       nearest: np.ndarray | None = None) -> dict[str, str]:
     """clusters.parquet, the modes, the UMAP coordinates and the assign calibration of one run."""
     ids = sample_ids(source, rows) if source is not None else [str(int(r)) for r in rows]
     table = write_table(out_dir / CLUSTERS_PARQUET, cluster_columns(rows, ids, predicted, reduced, modes))
@@ -185,7 +188,7 @@ def write_run_clusters(out_dir: Path, source: Any, rows: np.ndarray, features: n
                         (REDUCED_FILE, np.asarray(reduced, dtype=np.float32))):
         with atomic_path(out_dir / name) as tmp, open(tmp, "wb") as fh:
             np.save(fh, array)
-    calibration = calibrate(features)
+    calibration = calibrate(features, nearest=nearest)
     if source is not None:  # how assign must normalise new images: as the run's own evaluation images
         calibration.update(mean=list(source.mean), std=list(source.std))
     atomic_write_json(out_dir / CALIBRATION_FILE, calibration)

@@ -40,6 +40,9 @@ class ClusteringOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # e.g. knn recall, sample_size, noise_fraction
     modes: np.ndarray | None = None  # GridShift's cluster centres in the reduced space, row c = cluster c
+    # each row's cosine distance to its nearest other row, read off the kNN graph (assign's calibration
+    # reuses it instead of searching every row again); None without a cosine graph
+    nearest_distance: np.ndarray | None = None
 
     def summary(self) -> dict[str, Any]:
         out = dict(self.scores)
@@ -127,6 +130,9 @@ def reduce_and_gridshift(features: np.ndarray, labels: np.ndarray | None, cfg: E
                                n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, metric=metric,
                                backend=cfg.umap_backend, seed=cfg.seed, knn=knn, init=cfg.umap_init,
                                deterministic=cfg.deterministic, progress=progress)
+    # only a cosine graph's distances are what assign's calibration measures
+    nearest = nearest_other_from_graph(knn.indices, knn.distances) if knn is not None and metric == "cosine" \
+        else None
     del knn
     backends["reduce"], seconds["reduce"] = reduced.backend, reduced.seconds
     if reduced.params:
@@ -149,7 +155,16 @@ def reduce_and_gridshift(features: np.ndarray, labels: np.ndarray | None, cfg: E
     log.info("%s: %s clusters (bandwidth %.4g) NMI %s ACC %s | %s", name, scores["num_clusters"],
              gridshift.bandwidth_, nmi, acc, backends)
     return ClusteringOutcome(name, scores, predicted, reduced.embedding, float(gridshift.bandwidth_),
-                             backends, seconds, info, modes=np.asarray(gridshift.cluster_centers_))
+                             backends, seconds, info, modes=np.asarray(gridshift.cluster_centers_),
+                             nearest_distance=nearest)
+
+
+def nearest_other_from_graph(indices: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """Each row's distance to its nearest neighbour other than itself, from a kNN graph whose rows are
+    sorted nearest first (the row itself, where present, is among them at distance ~0)."""
+    own = indices == np.arange(len(indices))[:, None]
+    first_other = np.argmax(~own, axis=1)  # the first column that is not the row itself
+    return distances[np.arange(len(indices)), first_other].astype(np.float32)
 
 
 def gridshift_input(reduced: np.ndarray, setting: str) -> tuple[str, Any]:
