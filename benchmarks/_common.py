@@ -46,6 +46,7 @@ __all__ = [
     "parse_args",
     "print_table",
     "timed",
+    "train_and_embed",
     "write_json",
 ]
 
@@ -179,3 +180,29 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def train_and_embed(job: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Train one configuration in this process (one thread, CPU) from ``job["overrides"]`` into
+    ``job["root"]/job["name"]``, then embed its evaluation set with the trained target encoder.
+    Returns (config, data bundle, embeddings) - what the sweep-style benchmarks score."""
+    import torch
+
+    torch.set_num_threads(1)
+    from nrcc_scale.config import load_config
+    from nrcc_scale.data.registry import build_data
+    from nrcc_scale.engine.checkpoint import find_latest_checkpoint
+    from nrcc_scale.engine.context import LocalContext
+    from nrcc_scale.engine.loop import train_worker
+    from nrcc_scale.evaluation.checkpoint_eval import load_trained
+    from nrcc_scale.evaluation.embed import embed_source
+
+    cpu = torch.device("cpu")
+    cfg = load_config(overrides=job["overrides"])
+    cfg.name = job["name"]
+    run_dir = Path(job["root"]) / job["name"]
+    train_worker(cfg.to_dict(), LocalContext(run_dir, cpu, keep=1))
+    trained = load_trained(find_latest_checkpoint(run_dir), cpu)
+    data = build_data(cfg.data, seed=cfg.train.seed)
+    emb = embed_source(trained.method.embedding_model(), data.evaluate, trained.resolution, cpu)
+    return cfg, data, emb

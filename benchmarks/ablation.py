@@ -19,7 +19,6 @@ import itertools
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import _common
@@ -43,25 +42,9 @@ def _add_arguments(parser) -> None:
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one configuration in this process and cluster its embedding two ways."""
-    import torch
-
-    torch.set_num_threads(1)
-    from nrcc_scale.config import load_config
-    from nrcc_scale.data.registry import build_data
-    from nrcc_scale.engine.checkpoint import find_latest_checkpoint
-    from nrcc_scale.engine.context import LocalContext
-    from nrcc_scale.engine.loop import train_worker
-    from nrcc_scale.evaluation.checkpoint_eval import load_trained
-    from nrcc_scale.evaluation.embed import embed_source
     from nrcc_scale.evaluation.pipeline import kmeans_true_k, reduce_and_gridshift
 
-    cfg = load_config(overrides=job["overrides"])
-    cfg.name = job["name"]
-    run_dir = Path(job["root"]) / job["name"]
-    train_worker(cfg.to_dict(), LocalContext(run_dir, torch.device("cpu"), keep=1))
-    trained = load_trained(find_latest_checkpoint(run_dir), torch.device("cpu"))
-    data = build_data(cfg.data, seed=cfg.train.seed)
-    emb = embed_source(trained.method.embedding_model(), data.evaluate, trained.resolution, torch.device("cpu"))
+    cfg, data, emb = _common.train_and_embed(job)
     kmeans = kmeans_true_k(emb.features, emb.labels, data.evaluate.num_classes, seed=cfg.train.seed)
     grid = reduce_and_gridshift(emb.features, emb.labels, cfg.eval, "umap+gridshift")
     return {**{k: job[k] for k in ("method", "variant", "seed")},

@@ -40,25 +40,9 @@ def _add_arguments(parser) -> None:
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one (lambda, tau, seed) in this process; score its clustering with and without labels."""
-    import torch
-
-    torch.set_num_threads(1)
-    from nrcc_scale.config import load_config
-    from nrcc_scale.data.registry import build_data
-    from nrcc_scale.engine.checkpoint import find_latest_checkpoint
-    from nrcc_scale.engine.context import LocalContext
-    from nrcc_scale.engine.loop import train_worker
-    from nrcc_scale.evaluation.checkpoint_eval import load_trained
-    from nrcc_scale.evaluation.embed import embed_source
     from nrcc_scale.evaluation.pipeline import evaluate_embeddings
 
-    cfg = load_config(overrides=job["overrides"])
-    cfg.name = job["name"]
-    run_dir = Path(job["root"]) / job["name"]
-    train_worker(cfg.to_dict(), LocalContext(run_dir, torch.device("cpu"), keep=1))
-    trained = load_trained(find_latest_checkpoint(run_dir), torch.device("cpu"))
-    data = build_data(cfg.data, seed=cfg.train.seed)
-    emb = embed_source(trained.method.embedding_model(), data.evaluate, trained.resolution, torch.device("cpu"))
+    cfg, data, emb = _common.train_and_embed(job)
     result = evaluate_embeddings(emb.features, emb.labels, data.evaluate.num_classes, cfg.eval)
     out = {k: job[k] for k in ("weight", "temperature", "seed")}
     out.update(nmi=result.main.scores["nmi"], acc=result.main.scores["acc"],
