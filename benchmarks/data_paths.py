@@ -19,7 +19,7 @@ Paths (one training process, ``--workers`` decoding workers where the path has t
   cache folder by :func:`nrcc_scale.data.staging.stage` (the time to stage is its own column), then read by
   FFCV from the staged copy;
 * ``ray_data s3`` - Parquet shards (JPEG bytes) on the same loopback server, streamed by
-  ``RayDataTrainLoader`` (pyarrow reads two shard files ahead in a thread; the training process decodes each
+  ``ParquetTrainLoader`` (pyarrow reads two shard files ahead in a thread; the training process decodes each
   image once and cuts both views, single-threaded). Writing the shards is the one-off column.
 
 The loopback server is moto, a Python server: its throughput is far below S3's, so the staging MB/s and the
@@ -135,8 +135,8 @@ def main() -> int:
             notes.append("ffcv is not importable here: the FFCV rows are missing")
 
         if server is not None:
+            from nrcc_scale.data.parquet_loader import ParquetTrainLoader
             from nrcc_scale.data.parquet_shards import ParquetSource, write_shards
-            from nrcc_scale.data.ray_data_loader import RayDataTrainLoader
 
             uri = f"{bucket}/shards-{side}-{count}"
             started = time.perf_counter()
@@ -144,7 +144,7 @@ def main() -> int:
                          log=lambda m: None)
             shard_s = time.perf_counter() - started
             parquet = ParquetSource(uri)
-            loader = RayDataTrainLoader(_cfg(format="ray_data", root=uri), parquet, res, 2, BATCH)
+            loader = ParquetTrainLoader(_cfg(format="ray_data", root=uri), parquet, res, 2, BATCH)
             rate, n = time_batches(loader, epoch=0)
             rows.append(_row("ray_data parquet on s3 (loopback)", rate, n, shard_s, "write shards",
                              "pyarrow reads ahead; decode + crops in the training process (1 thread)"))
