@@ -59,7 +59,7 @@ def build_train_loader(cfg: DataConfig, source: ImageSource, resolution: int, nu
     if cfg.format == "ray_data":  # decoding and crops run in Ray Data tasks (built by the driver)
         from nrcc_scale.data.ray_data_loader import RayDataTrainLoader
 
-        return RayDataTrainLoader(cfg, len(source), batch_size, rank, world_size, seed)
+        return RayDataTrainLoader(cfg, len(source), num_views, batch_size, rank, world_size, seed)
     if use_ffcv(cfg):
         from nrcc_scale.data.ffcv_loader import FFCVTrainLoader
         from nrcc_scale.data.staging import stage_for_loader

@@ -97,6 +97,12 @@ def decode_views(batch: dict[str, np.ndarray], *, seed: int, resolution: int, sc
             "epoch": np.full(len(ids), epoch, np.int64)}
 
 
+def views_per_sample(cfg: Config) -> int:
+    """How many crops the training loop asks for (engine/loop.py: ``method.needs_third_view``); the workers
+    check that the stream's count agrees."""
+    return 3 if cfg.uses_nrcc and cfg.method.nrcc.negatives == "augment" else 2
+
+
 def build_train_dataset(cfg: Config, manifest: Manifest | None = None, start_epoch: int = 0) -> Any:
     """The training ``ray.data.Dataset`` (driver side; see the module docstring). ``start_epoch`` is the
     epoch the run begins with (a resumed run's next epoch)."""
@@ -113,7 +119,7 @@ def build_train_dataset(cfg: Config, manifest: Manifest | None = None, start_epo
     ds = ds.map_batches(decode_views, batch_size=DECODE_BATCH, batch_format="numpy", zero_copy_batch=True,
                         fn_kwargs={"seed": seed, "resolution": resolution,
                                    "scale": (d.augment.crop_scale_min, d.augment.crop_scale_max),
-                                   "flip_p": d.augment.flip_p, "num_views": cfg.method.num_views,
+                                   "flip_p": d.augment.flip_p, "num_views": views_per_sample(cfg),
                                    "on_bad_file": d.on_bad_file})
     context = ds.context
     context.enable_progress_bars = False  # one bar per operator per epoch would flood the run's log
@@ -164,8 +170,8 @@ class RayDataTrainLoader:
     """This worker's share of the Ray Data stream (``ray.train.get_dataset_shard("train")``), with the
     interface of the other training loaders (see the module docstring)."""
 
-    def __init__(self, cfg: DataConfig, num_rows: int, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shard: Any = None) -> None:
+    def __init__(self, cfg: DataConfig, num_rows: int, num_views: int, batch_size: int, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, shard: Any = None) -> None:
         if shard is None:
             import ray.train
 
@@ -180,7 +186,7 @@ class RayDataTrainLoader:
                                   "dataset (datasets={'train': ...})")
         self.shard = shard
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.batch_size = batch_size
+        self.batch_size, self.num_views = batch_size, num_views
         self.shuffle_buffer = cfg.shuffle_buffer
         self.per_worker = num_rows // world_size  # streaming_split(equal=True) drops num_rows mod world_size
         self.epoch = 0
@@ -207,6 +213,10 @@ class RayDataTrainLoader:
                                                    **shuffle):
             if batches == 0:
                 continue
+            if batch["views"].shape[1] != self.num_views:
+                raise RuntimeError(f"Ray Data cut {batch['views'].shape[1]} views per image but the method "
+                                   f"needs {self.num_views}: ray_data_loader.views_per_sample disagrees with "
+                                   f"the method's needs_third_view")
             data_epoch = int(batch["epoch"][0])
             if data_epoch != self.epoch and not self._warned_epoch:
                 self._warned_epoch = True
