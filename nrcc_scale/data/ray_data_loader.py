@@ -74,20 +74,21 @@ def current_execution() -> int:
 
 
 def decode_views(batch: dict[str, np.ndarray], *, seed: int, resolution: int, scale: tuple[float, float],
-                 flip_p: float, num_views: int, on_bad_file: str) -> dict[str, np.ndarray]:
+                 flip_p: float, num_views: int, on_bad_file: str, uris: dict[str, str]) -> dict[str, np.ndarray]:
     """A Ray Data ``map_batches`` function: JPEG bytes -> ``B x V x 3 x R x R`` uint8 crops, each image decoded
-    once; the crops of sample i in epoch e are drawn from ``default_rng([seed, e, i])`` as in every loader."""
+    once; the crops of sample i in epoch e are drawn from ``default_rng([seed, e, i])`` as in every loader.
+    ``uris`` maps Ray Data's ``path`` column (the filesystem path) to the shard's URI, for error messages."""
     epoch = current_execution()
     spatial = SpatialAugment(resolution, scale, flip_p)
     policy = BadImagePolicy(on_bad_file)
     blobs = list(batch["image"])
     ids = batch["index"].astype(np.int64)
-    paths = batch["path"] if "path" in batch else [""] * len(ids)
+    paths = [uris.get(str(p), str(p)) for p in batch["path"]] if "path" in batch else [""] * len(ids)
     views = np.empty((len(ids), num_views, 3, resolution, resolution), np.uint8)
     with warnings.catch_warnings():  # `skip` warns once per batch here: forward it as a plain print
         warnings.simplefilter("ignore")
         for j, sample in enumerate(ids):
-            image = policy.decode(blobs, j, str(paths[j]), int(sample))
+            image = policy.decode(blobs, j, paths[j], int(sample))
             rng = np.random.default_rng([seed, epoch, int(sample)])
             views[j] = torch.stack([spatial(image, rng) for _ in range(num_views)]).numpy()
     if policy.warned:
@@ -112,7 +113,8 @@ def build_train_dataset(cfg: Config, manifest: Manifest | None = None, start_epo
     d, seed = cfg.data, cfg.train.seed
     manifest = manifest or read_manifest(d.root)
     fs, _ = remote_fs.filesystem(manifest.uri)
-    paths = [remote_fs.filesystem(manifest.file_uri(k))[1] for k in range(len(manifest.files))]
+    uris = {remote_fs.filesystem(manifest.file_uri(k))[1]: manifest.file_uri(k) for k in range(len(manifest.files))}
+    paths = list(uris)
     resolution = d.resolution or manifest.native_resolution  # the rule of registry.training_resolution
     ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, file_extensions=["parquet"])
     ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
@@ -120,7 +122,7 @@ def build_train_dataset(cfg: Config, manifest: Manifest | None = None, start_epo
                         fn_kwargs={"seed": seed, "resolution": resolution,
                                    "scale": (d.augment.crop_scale_min, d.augment.crop_scale_max),
                                    "flip_p": d.augment.flip_p, "num_views": views_per_sample(cfg),
-                                   "on_bad_file": d.on_bad_file})
+                                   "on_bad_file": d.on_bad_file, "uris": uris})
     context = ds.context
     context.enable_progress_bars = False  # one bar per operator per epoch would flood the run's log
     if hasattr(context, "_execution_idx"):
