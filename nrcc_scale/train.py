@@ -118,7 +118,13 @@ def fit_trainer(trainer: Any, storage: str, name: str) -> Path:
     """Run ``trainer.fit()``; return a local folder holding the final checkpoint."""
     from nrcc_scale.data.preflight import find_data_error
 
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as err:  # Ray Train V2 raises the workers' errors from fit(): a DataError -> one line
+        data_error = find_data_error(err)
+        if data_error is not None:
+            raise data_error from None
+        raise
     if result.error is not None:
         data_error = find_data_error(result.error)
         raise data_error if data_error is not None else result.error

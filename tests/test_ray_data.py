@@ -17,6 +17,7 @@ Shown here, with the real Ray Data + Ray Train (a local Ray on 127.0.0.1 with 2 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,8 @@ def local_ray():
 
     if ray.is_initialized():
         ray.shutdown()
+    # the workers cannot import this test module (tests/ is not on their path): ship _loop by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     line = init_ray(RayConfig(num_cpus=2), data_cpus=2)
     assert "4 CPUs incl. 2 for Ray Data" in line
     yield
@@ -111,7 +114,10 @@ def _fit(cfg: Config, out: Path, epochs: list[int], batch: int, start_epoch: int
         datasets={"train": build_train_dataset(cfg, start_epoch=start_epoch)}, dataset_config=train_data_config(),
         run_config=ray.train.RunConfig(name="rd", storage_path=str(out / "runs"),
                                        failure_config=ray.train.FailureConfig(max_failures=0)))
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as err:  # noqa: BLE001 - Ray Train V2 raises the workers' error from fit()
+        return err, None
     if result.error is not None:
         return result.error, None
     return None, [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -43,6 +43,7 @@ training workers (``train.num_workers * train.cpus_per_worker``).
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,6 +169,19 @@ def resume_epoch(storage: str, name: str) -> int:
         return 0
 
 
+def data_error_in(err: BaseException) -> DataError | None:
+    """The DataError (e.g. corrupt bytes under ``on_bad_file=fail``) that a Ray Data task raised, from the
+    error the worker's iterator gets: Ray Data wraps it in ``UserCodeException``/``RayTaskError``, which keep
+    only its traceback text, so the one-line message is recovered from ``DataError: <message>`` there."""
+    from nrcc_scale.data.preflight import find_data_error
+
+    found = find_data_error(err)
+    if found is not None:
+        return found
+    match = re.search(r"DataError: (.+)", str(err))
+    return DataError(match.group(1).strip()) if match else None
+
+
 class RayDataTrainLoader:
     """This worker's share of the Ray Data stream (``ray.train.get_dataset_shard("train")``), with the
     interface of the other training loaders (see the module docstring)."""
@@ -204,6 +218,17 @@ class RayDataTrainLoader:
         return self.per_worker // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        try:
+            yield from self._batches()
+        except DataError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a DataError in a Ray Data task arrives wrapped, as text
+            data_error = data_error_in(err)
+            if data_error is None:
+                raise
+            raise data_error from None
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         shuffle = {"local_shuffle_buffer_size": self.shuffle_buffer,
                    "local_shuffle_seed": shuffle_seed(self.seed, self.epoch, self.rank)} if self.shuffle_buffer else {}
         batches = len(self)
