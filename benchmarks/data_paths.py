@@ -1,5 +1,6 @@
 """Where the training images come from: local FFCV, FFCV staged from object storage, Parquet shards streamed
-from object storage (``data.format: ray_data``), and the plain image-folder loader, side by side.
+from object storage (``data.format: parquet`` and ``data.format: ray_data``), and the plain image-folder
+loader, side by side.
 
     python benchmarks/data_paths.py [--quick] [--json docs/benchmarks/data_paths.json] [--workers N]
 
@@ -18,9 +19,14 @@ Paths (one training process, ``--workers`` decoding workers where the path has t
 * ``ffcv staged`` - the same .beton uploaded to an S3-compatible server on loopback (moto), staged into a
   cache folder by :func:`nrcc_scale.data.staging.stage` (the time to stage is its own column), then read by
   FFCV from the staged copy;
-* ``ray_data s3`` - Parquet shards (JPEG bytes) on the same loopback server, streamed by
+* ``parquet s3`` - Parquet shards (JPEG bytes) on the same loopback server, streamed by
   ``ParquetTrainLoader`` (pyarrow reads two shard files ahead in a thread; the training process decodes each
   image once and cuts both views, single-threaded). Writing the shards is the one-off column.
+* ``ray_data s3`` - the same shards through Ray Data, as ``data.format: ray_data`` builds them
+  (``read_parquet`` -> ``randomize_block_order`` -> ``map_batches(decode_views)``), consumed by
+  ``RayDataTrainLoader`` with its seeded local shuffle buffer; the read/decode/crop tasks run in a local Ray
+  with ``--workers`` CPUs (started outside the timing; its start-up is the one-off column). Without Ray Train
+  (one consumer, so no ``streaming_split``).
 
 The loopback server is moto, a Python server: its throughput is far below S3's, so the staging MB/s and the
 streaming rate are lower bounds for those paths; the ratios between FFCV local and staged show that once
@@ -81,6 +87,29 @@ def _s3_server():
 def _row(path: str, rate: float, images: int, one_off: float | None, one_off_what: str, note: str) -> dict:
     return {"path": path, "img/s": rate, "images": images, "one-off s": one_off, "one-off": one_off_what,
             "note": note}
+
+
+def _ray_data_rate(uri: str, count: int, res: int, workers: int) -> tuple[float, int, float]:
+    """(images/s, images, seconds to start Ray) of ``data.format: ray_data``'s pipeline on ``workers`` CPUs."""
+    import ray
+
+    from nrcc_scale.config import Config, RayConfig
+    from nrcc_scale.data.ray_data_loader import RayDataTrainLoader, build_train_dataset
+    from nrcc_scale.ray_setup import init_ray
+
+    cfg = Config()
+    cfg.data = _cfg(format="ray_data", root=uri, resolution=res)
+    cfg.train.seed = SEED
+    cfg.method.nrcc.enabled = False  # two views, as the other rows
+    started = time.perf_counter()
+    init_ray(RayConfig(num_cpus=workers))
+    ray_s = time.perf_counter() - started
+    try:
+        loader = RayDataTrainLoader(cfg.data, count, 2, BATCH, 0, 1, SEED, shard=build_train_dataset(cfg))
+        rate, n = time_batches(loader, epoch=0)
+    finally:
+        ray.shutdown()
+    return rate, n, ray_s
 
 
 def main() -> int:
@@ -144,11 +173,15 @@ def main() -> int:
                          log=lambda m: None)
             shard_s = time.perf_counter() - started
             parquet = ParquetSource(uri)
-            loader = ParquetTrainLoader(_cfg(format="ray_data", root=uri), parquet, res, 2, BATCH)
+            loader = ParquetTrainLoader(_cfg(format="parquet", root=uri), parquet, res, 2, BATCH)
             rate, n = time_batches(loader, epoch=0)
-            rows.append(_row("ray_data parquet on s3 (loopback)", rate, n, shard_s, "write shards",
+            rows.append(_row("parquet on s3 (loopback)", rate, n, shard_s, "write shards",
                              "pyarrow reads ahead; decode + crops in the training process (1 thread)"))
-            print(f"  ray_data: {rate:.0f} img/s", flush=True)
+            print(f"  parquet: {rate:.0f} img/s", flush=True)
+            rate, n, ray_s = _ray_data_rate(uri, len(parquet), res, args.workers)
+            rows.append(_row("ray_data on s3 (loopback)", rate, n, ray_s, "start Ray",
+                             f"Ray Data read + decode + crops in tasks on {args.workers} CPU(s)"))
+            print(f"  ray_data: {rate:.0f} img/s (Ray start {ray_s:.1f} s)", flush=True)
     finally:
         if server is not None:
             server.stop()
