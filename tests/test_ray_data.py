@@ -12,6 +12,9 @@ Shown here, with the real Ray Data + Ray Train (a local Ray on 127.0.0.1 with 2 
 * corrupt image bytes: ``on_bad_file=fail`` ends the run with a DataError naming the shard file and the
   sample; ``skip`` trains on with every batch delivered;
 * the driver refuses a cluster whose CPUs the training workers take entirely (the old hang), in one line.
+
+Fast checks without a Ray cluster: ``decode_views`` (the Ray Data task's function) cuts the other loaders'
+crops and names the shard URI of corrupt bytes; the config and CLI refuse what cannot work.
 """
 
 from __future__ import annotations
@@ -30,8 +33,6 @@ from nrcc_scale.config import Config, ConfigError, load_config
 from nrcc_scale.data.augment import SpatialAugment
 from nrcc_scale.data.base import ArraySource, DataError
 from nrcc_scale.data.parquet_shards import decode_image, read_manifest, write_shards
-
-pytestmark = pytest.mark.slow
 
 N, SIDE, ROWS_PER_FILE, SEED = 301, 16, 40, 5
 
@@ -136,6 +137,7 @@ def _expected_crops(shards: Path, sample: int, epoch: int) -> list:
     return torch.stack([spatial(image, rng) for _ in range(2)]).tolist()
 
 
+@pytest.mark.slow
 def test_ray_data_exactly_once_per_epoch_new_order_each_epoch_and_resume_seeds(local_ray, shards, tmp_path) -> None:
     # batch 2 divides each worker's 150 rows, so only streaming_split(equal=True) drops anything: N mod 2 = 1
     error, records = _fit(_cfg(shards), tmp_path / "fresh", epochs=[0, 1], batch=2, start_epoch=0)
@@ -179,6 +181,7 @@ def _corrupt(folder: Path, k: int, row: int) -> None:
     pq.write_table(table.set_column(2, "image", pa.array(images, pa.binary())), path)
 
 
+@pytest.mark.slow
 def test_ray_data_corrupt_bytes_follow_on_bad_file(local_ray, tmp_path) -> None:
     from nrcc_scale.data.preflight import find_data_error
 
@@ -199,6 +202,7 @@ def test_ray_data_corrupt_bytes_follow_on_bad_file(local_ray, tmp_path) -> None:
     assert all(records[r]["0"]["batches"] == records[r]["0"]["len"] == (N // 2) // 10 for r in (0, 1))
 
 
+@pytest.mark.slow
 def test_ray_data_refuses_a_cluster_without_a_cpu_for_data(local_ray, shards) -> None:
     from nrcc_scale.data.ray_data_loader import check_data_cpus
 
@@ -208,3 +212,55 @@ def test_ray_data_refuses_a_cluster_without_a_cpu_for_data(local_ray, shards) ->
         check_data_cpus(cfg)
     cfg.train.cpus_per_worker = 1
     check_data_cpus(cfg)
+
+
+def _batch(shards: Path, ids: list[int]) -> dict:
+    m = read_manifest(str(shards))
+    table = pq.read_table(shards / m.files[0])
+    return {"index": np.asarray(ids, np.int64), "label": np.asarray(table.column("label"))[ids],
+            "image": np.asarray(table.column("image").to_pylist(), dtype=object)[ids],
+            "path": np.asarray([f"/fs/{m.files[0]}"] * len(ids), dtype=object)}
+
+
+def test_decode_views_cuts_the_other_loaders_crops_and_names_corrupt_bytes(tmp_path) -> None:
+    from nrcc_scale.data.ray_data_loader import decode_views
+
+    shards = tmp_path / "shards"
+    write_shards(_source(), str(shards), rows_per_file=ROWS_PER_FILE, progress=False, log=lambda m: None)
+    cfg = _cfg(shards)
+    a = cfg.data.augment
+    kwargs = {"seed": SEED, "resolution": 8, "scale": (a.crop_scale_min, a.crop_scale_max), "flip_p": a.flip_p,
+              "num_views": 2, "on_bad_file": "fail", "uris": {"/fs/part-00000.parquet": "s3://b/x/part-00000.parquet"}}
+    out = decode_views(_batch(shards, [3, 0, 17]), **kwargs)  # outside Ray Data the execution counter is 0
+    assert out["views"].shape == (3, 2, 3, 8, 8) and out["views"].dtype == np.uint8
+    assert out["index"].tolist() == [3, 0, 17] and out["epoch"].tolist() == [0, 0, 0]
+    for j, sample in enumerate([3, 0, 17]):
+        assert out["views"][j].tolist() == _expected_crops(shards, sample, 0)
+    batch = _batch(shards, [3, 0, 17])
+    batch["image"][1] = b"\xff\xd8 broken"
+    with pytest.raises(DataError, match=r"^s3://b/x/part-00000\.parquet: sample 0 holds corrupt image bytes"):
+        decode_views(batch, **kwargs)
+    skipped = decode_views(batch, **{**kwargs, "on_bad_file": "skip"})
+    assert skipped["views"].shape == (3, 2, 3, 8, 8)
+
+
+def test_ray_data_config_and_cli_refuse_what_cannot_work(tmp_path, capsys) -> None:
+    from nrcc_scale.cli import run_main
+    from nrcc_scale.data.ray_data_loader import shuffle_seed, views_per_sample
+    from nrcc_scale.train import main
+
+    for fmt in ("parquet", "ray_data"):
+        with pytest.raises(ConfigError, match=f"data.format = '{fmt}' needs the Parquet shards' location"):
+            load_config([], [f"data.format={fmt}"])
+    with pytest.raises(ConfigError, match="data.format"):
+        load_config([], ["data.format=webdataset", "data.root=x"])
+    assert run_main(main, ["--no-ray", "data.format=ray_data", f"data.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("config error:") and "data.format=parquet" in err[0]
+    from nrcc_scale.methods import build_method
+
+    for overrides in ([], ["method.nrcc.negatives=augment"], ["method.name=cueco"],
+                      ["method.name=infonce", "method.nrcc.negatives=augment"]):
+        cfg = load_config([], overrides)  # the driver's count = what the worker's method asks for
+        assert views_per_sample(cfg) == (3 if build_method(cfg, 8).needs_third_view else 2), overrides
+    assert len({shuffle_seed(SEED, e, r) for e in range(3) for r in range(2)}) == 6
