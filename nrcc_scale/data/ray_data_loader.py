@@ -37,8 +37,9 @@ seeds are. Users who need a bitwise-reproducible order (an exact resume) use ``d
 CPUs. Ray Data's read and map tasks need CPUs that the training workers do not hold; with none free they
 wait forever (the hang seen on Ray 2.60 with 2 workers on a 2-CPU local Ray). A local Ray started by
 ``python -m nrcc_scale.train`` therefore gets ``ray.data_cpus`` extra logical CPUs for them, and
-:func:`check_data_cpus` refuses, before any worker starts, a cluster whose CPUs are all taken by the
-training workers (``train.num_workers * train.cpus_per_worker``).
+:func:`check_data_cpus` refuses, before any worker starts, a local Ray whose CPUs are all taken by the
+training workers (``train.num_workers * train.cpus_per_worker``). On a joined cluster the nodes must
+leave CPUs free (docs/scaling.md, "CPUs for Ray Data").
 """
 
 from __future__ import annotations
@@ -140,17 +141,23 @@ def train_data_config() -> Any:
 
 
 def check_data_cpus(cfg: Config) -> None:
-    """Refuse, before any worker starts, a cluster whose CPUs the training workers take entirely: Ray Data's
-    tasks would wait for a CPU forever. Call after ``ray.init``."""
+    """Refuse, before any worker starts, a local Ray whose CPUs the training workers take entirely: Ray
+    Data's tasks would wait for a CPU forever. Call after ``ray.init``. A joined cluster (``ray.address`` or
+    ``RAY_ADDRESS``) is not checked: an autoscaling one may have no CPUs yet (the templates' head has
+    ``CPU: 0`` and the worker nodes come on demand)."""
+    import os
+
     import ray
 
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return
     total = ray.cluster_resources().get("CPU", 0)
     training = cfg.train.num_workers * cfg.train.cpus_per_worker
     if total - training < 1:
         raise ConfigError(f"data.format = 'ray_data' needs at least one CPU beyond the training workers' "
                           f"{training} (train.num_workers * train.cpus_per_worker), but the Ray cluster has "
-                          f"{total:.0f}: lower train.cpus_per_worker, add CPU nodes, give a local Ray "
-                          f"ray.data_cpus >= 1, or use data.format=parquet")
+                          f"{total:.0f}: set ray.data_cpus >= 1 (extra logical CPUs for Ray Data), lower "
+                          f"train.cpus_per_worker, or use data.format=parquet")
 
 
 def resume_epoch(storage: str, name: str) -> int:
