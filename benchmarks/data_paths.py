@@ -23,7 +23,7 @@ Paths (one training process, ``--workers`` decoding workers where the path has t
   ``ParquetTrainLoader`` (pyarrow reads two shard files ahead in a thread; the training process decodes each
   image once and cuts both views, single-threaded). Writing the shards is the one-off column.
 * ``ray_data s3`` - the same shards through Ray Data, as ``data.format: ray_data`` builds them
-  (``read_parquet`` -> ``randomize_block_order`` -> ``map_batches(decode_views)``), consumed by
+  (``read_parquet`` with a seeded file shuffle -> ``map_batches(decode_views)``), consumed by
   ``RayDataTrainLoader`` with its seeded local shuffle buffer; the read/decode/crop tasks run in a local Ray
   with ``--workers`` CPUs (started outside the timing; its start-up is the one-off column). Without Ray Train
   (one consumer, so no ``streaming_split``). Timed over a second epoch from its first request, start-up of
@@ -91,8 +91,9 @@ def _row(path: str, rate: float, images: int, one_off: float | None, one_off_wha
             "note": note}
 
 
-def _ray_data_rate(uri: str, count: int, res: int, workers: int) -> tuple[float, int, float]:
-    """(images/s, images, seconds to start Ray) of ``data.format: ray_data``'s pipeline on ``workers`` CPUs."""
+def _ray_data_rate(uri: str, count: int, res: int, workers: int) -> tuple[float, int, float, float, float]:
+    """(images/s, images, seconds to start Ray, seconds to the epoch's first batch, images/s after it) of
+    ``data.format: ray_data``'s pipeline on ``workers`` CPUs."""
     import ray
 
     from nrcc_scale.config import Config, RayConfig
@@ -113,13 +114,17 @@ def _ray_data_rate(uri: str, count: int, res: int, workers: int) -> tuple[float,
         # epoch 1 timed from its first request: Ray Data prefetches the whole of a small set during the other
         # rows' two warm-up batches, so its start-up per epoch is part of the cost here
         loader.set_epoch(1)
-        started, n = time.perf_counter(), 0
+        started, n, first = time.perf_counter(), 0, None
         for views, _labels, _index in loader:
             n += views.shape[0]
-        rate = n / (time.perf_counter() - started)
+            if first is None:
+                first = (time.perf_counter() - started, n)
+        elapsed = time.perf_counter() - started
+        rate = n / elapsed
+        after_first = (n - first[1]) / max(elapsed - first[0], 1e-9)
     finally:
         ray.shutdown()
-    return rate, n, ray_s
+    return rate, n, ray_s, first[0], after_first
 
 
 def main() -> int:
@@ -188,10 +193,10 @@ def main() -> int:
             rows.append(_row("parquet on s3 (loopback)", rate, n, shard_s, "write shards",
                              "pyarrow reads ahead; decode + crops in the training process (1 thread)"))
             print(f"  parquet: {rate:.0f} img/s", flush=True)
-            rate, n, ray_s = _ray_data_rate(uri, len(parquet), res, args.workers)
+            rate, n, ray_s, first_s, after = _ray_data_rate(uri, len(parquet), res, args.workers)
             rows.append(_row("ray_data on s3 (loopback)", rate, n, ray_s, "start Ray",
-                             f"Ray Data read + decode + crops in tasks on {args.workers} CPU(s); "
-                             "2nd epoch, its start-up included"))
+                             f"Ray Data read + decode + crops in tasks on {args.workers} CPU(s); 2nd epoch incl. "
+                             f"{first_s:.1f} s to its first batch, {after:.0f} img/s after it"))
             print(f"  ray_data: {rate:.0f} img/s (Ray start {ray_s:.1f} s)", flush=True)
             notes.append("ray_data is timed over a whole epoch from its first request: each epoch is a new Ray Data "
                          "execution (task scheduling, a worker process per task); on a small set that start-up "

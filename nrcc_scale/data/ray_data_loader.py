@@ -4,8 +4,8 @@ Where each step runs:
 
 * **driver** (:func:`build_train_dataset`): ``ray.data.read_parquet`` over the shard files listed in the
   manifest, through the project's ``pyarrow.fs`` handling (:mod:`nrcc_scale.utils.remote_fs`, so ``s3://``,
-  ``gs://``, ``abfs://`` and local paths all work), then ``randomize_block_order`` and a ``map_batches``
-  that decodes and crops. The dataset goes to the TorchTrainer as ``datasets={"train": ds}`` with
+  ``gs://``, ``abfs://`` and local paths all work) with a seeded per-epoch file shuffle, then a
+  ``map_batches`` that decodes and crops. The dataset goes to the TorchTrainer as ``datasets={"train": ds}`` with
   :func:`train_data_config`; Ray Train splits it between the workers with ``streaming_split(equal=True)``.
 * **Ray Data tasks** (:func:`decode_views`, on any CPU of the cluster, not the training workers'): each JPEG
   is decoded once and its V crops are cut from it by the same :class:`~nrcc_scale.data.augment.SpatialAugment`
@@ -19,9 +19,14 @@ Where each step runs:
 Epochs and seeds. Every ``iter_torch_batches`` call is one execution of the dataset, and Ray Data counts
 executions in ``DataContext._execution_idx``; the driver starts that counter at the run's first epoch
 (0, or the epoch a resumed run continues with), so execution k of a run is epoch ``start + k``. That
-counter reaches the Ray Data tasks, which therefore know the epoch: ``randomize_block_order`` with
-``RandomSeedConfig(seed, reseed_after_execution=True)`` draws epoch e's block order from (seed, e), and the
-crops use (seed, e, sample). ``_execution_idx`` is a private attribute of Ray 2.60 (used with a guard); a
+counter reaches the Ray Data tasks, which therefore know the epoch: the read's
+``FileShuffleConfig(seed, reseed_after_execution=True)`` draws epoch e's file order from (seed, e), and the
+crops use (seed, e, sample). (Not ``randomize_block_order``: it is an all-to-all step that waits until
+every file has been read, which holds the whole set in the object store and delays the first batch; the
+data_paths benchmark showed 7.6 s of an 8 s epoch before the first batch with it.) Rows of one file stay
+together apart from the local shuffle buffer, so shards should hold no more rows than
+``data.shuffle_buffer`` times a few (``nrcc_scale.data shard --rows-per-file``, default 1000).
+``_execution_idx`` is a private attribute of Ray 2.60 (used with a guard); a
 batch carries the epoch its crops were cut for, and a worker whose epoch disagrees (Ray Train restarted the
 worker group inside a run, which starts a new split from the driver's counter) prints one warning.
 
@@ -31,7 +36,7 @@ count that ``DistributedSampler(drop_last=True)`` and ``data.format: parquet`` d
 drops its last partial batch, as every loader here does. Which rows go to which worker is decided at run time
 by which worker asks for the next block first, and Ray Data tasks finish in any order, so the order a worker
 sees is *not* a function of (seed, epoch): two runs with the same seed see different row->worker
-assignments and orders. The crops of a sample in an epoch, the epoch's block order and the shuffle buffer's
+assignments and orders. The crops of a sample in an epoch, the epoch's file order and the shuffle buffer's
 seeds are. Users who need a bitwise-reproducible order (an exact resume) use ``data.format: parquet``.
 
 CPUs. Ray Data's read and map tasks need CPUs that the training workers do not hold; with none free they
@@ -110,7 +115,6 @@ def build_train_dataset(cfg: Config, manifest: Manifest | None = None, start_epo
     """The training ``ray.data.Dataset`` (driver side; see the module docstring). ``start_epoch`` is the
     epoch the run begins with (a resumed run's next epoch)."""
     import ray.data
-    from ray.data._internal.random_config import RandomSeedConfig
 
     d, seed = cfg.data, cfg.train.seed
     manifest = manifest or read_manifest(d.root)
@@ -118,8 +122,12 @@ def build_train_dataset(cfg: Config, manifest: Manifest | None = None, start_epo
     uris = {remote_fs.filesystem(manifest.file_uri(k))[1]: manifest.file_uri(k) for k in range(len(manifest.files))}
     paths = list(uris)
     resolution = d.resolution or manifest.native_resolution  # the rule of registry.training_resolution
-    ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, file_extensions=["parquet"])
-    ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
+    # the shard files in a new order every epoch, drawn from (seed, epoch); a file-level shuffle keeps the
+    # read streaming (randomize_block_order is an all-to-all step: it waits until every file has been read,
+    # so the whole set would sit in the object store before the first batch)
+    shuffle = ray.data.FileShuffleConfig(seed=seed, reseed_after_execution=True)
+    ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, file_extensions=["parquet"],
+                               shuffle=shuffle)
     ds = ds.map_batches(decode_views, batch_size=DECODE_BATCH, batch_format="numpy", zero_copy_batch=True,
                         fn_kwargs={"seed": seed, "resolution": resolution,
                                    "scale": (d.augment.crop_scale_min, d.augment.crop_scale_max),
