@@ -135,6 +135,10 @@ def build_train_dataset(cfg: Config, manifest: Manifest | None = None, start_epo
                                    "on_bad_file": d.on_bad_file, "uris": uris})
     context = ds.context
     context.enable_progress_bars = False  # one bar per operator per epoch would flood the run's log
+    # blocks of about one decode batch of crops: with Ray Data's default (128 MiB) a decode task hands over
+    # its crops only when it has finished its whole input file, and the first batch of an epoch waited for
+    # nearly the whole epoch (3000 images at 128 px on 2 CPUs: 7.7 s of 7.8 s; with this, 2.4 s of 5.9 s)
+    context.target_max_block_size = max(1 << 20, DECODE_BATCH * views_per_sample(cfg) * 3 * resolution ** 2)
     if hasattr(context, "_execution_idx"):
         context._execution_idx = int(start_epoch)
     return ds
