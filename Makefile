@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test lint bench-quick gpu-check clean
+.PHONY: setup demo test lint bench-quick bench-report gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ bench-quick: setup
 GPU_CHECK_JSON ?= results/gpu_check.json
 gpu-check:
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) benchmarks/gpu_check.py --quick --json $(GPU_CHECK_JSON)
+
+# docs/benchmarks.md from the committed full-run JSON in docs/benchmarks/ (standard library only, no venv needed)
+bench-report:
+	$(PYTHON) scripts/bench_report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -158,7 +158,18 @@ def main() -> None:
                 floatfmt="{:.3f}")
     print(f"\nmin NMI(auto)/NMI(best) = {min(r['nmi_ratio'] for r in rows):.3f}")
     if args.json:
-        write_json(args.json, {"benchmark": "bandwidth", "quick": args.quick, "rows": rows})
+        notes = ["Ours: h_auto = estimate_bandwidth(X), no labels. Peers: the best bandwidth in hindsight (chosen "
+                 "with the labels over 48 values: an upper bound no user has) and scikit-learn's mean-shift "
+                 "estimate_bandwidth at the 10% quantile (nmi_q10).",
+                 "nmi_ratio / ami_ratio = auto / best-in-hindsight."]
+        notes += [f"the scikit-learn quantile rule beats the automatic bandwidth on {r['dataset']} "
+                  f"(NMI {r['nmi_q10']:.3f} vs {r['nmi_auto']:.3f})"
+                  for r in rows if r.get("nmi_q10") is not None and r["nmi_q10"] > r["nmi_auto"] + 0.01]
+        write_json(args.json, {"benchmark": "bandwidth", "quick": args.quick, "rows": rows,
+                               "report": {"title": "Automatic GridShift bandwidth vs best in hindsight and "
+                                          "scikit-learn's quantile rule", "columns": columns,
+                                          "rows": [{c: r.get(c) for c in columns} for r in rows],
+                                          "notes": notes, "plots": []}})
 
 
 if __name__ == "__main__":

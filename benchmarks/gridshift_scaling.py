@@ -1,24 +1,34 @@
-"""GridShift scaling: our NumPy and PyTorch backends vs MeanShift++, scikit-learn's MeanShift and binning.
+"""GridShift scaling: our NumPy and PyTorch backends vs efficient binning, MeanShift++ and scikit-learn.
 
-    python benchmarks/gridshift_scaling.py [--quick] [--json results/gridshift_scaling.json]
+    python benchmarks/gridshift_scaling.py [--quick] [--json results/gridshift_scaling.json] [--bandwidth H]
 
-Data: 10 Gaussian blobs (std 1, centres uniform in [-10, 10]^d) with N points in d dimensions; bandwidth
-h = 1 (one blob standard deviation). For every (N, d) it times
+Data: 10 well-separated Gaussian blobs (std 1; centres on a lattice of spacing 12, jittered by up to 1 per
+coordinate, so no two blobs touch) with N points in d dimensions; bandwidth h = 2 (two blob standard
+deviations). Because the blobs are separated, the generating labels are a partition GridShift can and should
+recover exactly: ``ari`` is the adjusted Rand index against them (the *reference partition*), and the goal
+row asks for ARI = 1. For every (N, d) it times
 
 * ``numpy``      - GridShift, NumPy backend (the CPU default);
 * ``torch-cpu`` / ``torch-cuda`` - the PyTorch backend (CUDA only where available);
-* ``binning``    - merely binning the points: floor(x / h), packed int64 keys, one ``np.unique``. The issue's
-                   goal is ``numpy / binning <= 2`` at N = 10^6, d = 3;
+* ``binning``    - the least work any grid method must do, written the way a careful user would (and the way
+                   GridShift itself bins): contiguous per-dimension columns, floor(x / h), one flat int64 cell
+                   index, one ``np.bincount`` over the box and the occupied cells. The issue's goal is
+                   ``numpy / binning <= 2`` at N = 10^6, d = 3, h = 2 (with ARI 1);
 * ``ms++``       - a straightforward MeanShift++ (Jang & Jiang 2021) over the same grid with a Python dict,
-                   only where it is affordable; ``same`` says whether its partition equals ours;
-* ``sklearn``    - scikit-learn's ``MeanShift(bandwidth=h)``, O(N^2), only at N = 2000.
+                   only where it is affordable; ``ms++_same`` says whether its partition equals ours;
+* ``sklearn``    - scikit-learn's ``MeanShift(bandwidth=h, bin_seeding=True)`` only at N = 2000 (its
+                   neighbourhood queries make it far slower; see benchmarks/clustering_peers.py for it at
+                   larger N).
 
-``ari`` is the adjusted Rand index of our partition against the blob labels.
+The binning is timed from the same (N, d) row-major float64 array GridShift receives, so both pay for the
+transpose into contiguous columns. GridShift and binning run alternately (at least 5 rounds) and
+``numpy/binning`` is the median of the per-round ratios, so load drifting on a shared machine hits both alike.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections import defaultdict
 from typing import Any
@@ -30,22 +40,51 @@ from sklearn.metrics import adjusted_rand_score
 from nrcc_scale.cluster import GridShift
 
 
-def blobs(n: int, d: int, seed: int = 0, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def blobs(n: int, d: int, seed: int = 0, k: int = 10, spacing: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
+    """k std-1 Gaussian blobs whose centres sit on distinct points of a lattice of the given spacing."""
     rng = np.random.default_rng(seed)
-    centers = rng.uniform(-10, 10, size=(k, d))
+    side = math.ceil(k ** (1 / d)) + 1
+    lattice = np.array(list(itertools.product(range(side), repeat=d)), dtype=np.float64)
+    centers = lattice[rng.choice(len(lattice), k, replace=False)] * spacing - spacing * (side - 1) / 2
+    centers += rng.uniform(-1, 1, size=(k, d))
     y = rng.integers(0, k, n)
     return centers[y] + rng.normal(size=(n, d)), y
 
 
 def binning_only(X: np.ndarray, h: float) -> np.ndarray:
-    """What any grid method must do at least once: integer cells, one int64 key each, unique keys."""
-    cells = np.floor(X / h)
-    lo = np.array([cells[:, k].min() for k in range(X.shape[1])])
-    hi = np.array([cells[:, k].max() for k in range(X.shape[1])])
+    """Efficient binning: contiguous columns, floor(x / h), one flat int64 cell index, one bincount.
+
+    Returns the flat indices of the occupied cells (their point counts are ``bincount``'s non-zeros).
+    """
+    columns = np.floor(np.ascontiguousarray(X.T) / h)  # (d, N): each pass below reads one contiguous row
+    lo, hi = columns.min(axis=1), columns.max(axis=1)
     sizes = (hi - lo + 1).astype(np.int64)
-    strides = np.cumprod(np.concatenate([sizes[1:], [1]])[::-1])[::-1].astype(np.float64)
-    keys = ((cells - lo) @ strides).astype(np.int64)
-    return np.unique(keys)
+    index = (columns[0] - lo[0]).astype(np.int64)
+    for k in range(1, len(sizes)):
+        index *= sizes[k]
+        index += (columns[k] - lo[k]).astype(np.int64)
+    counts = np.bincount(index, minlength=int(np.prod(sizes)))
+    return np.flatnonzero(counts)
+
+
+def paired_times(fn_a: Any, fn_b: Any, repeats: int) -> tuple[float, float, float, Any]:
+    """Median times of ``fn_a`` and ``fn_b`` run alternately, and the median of the per-pair ratios a / b.
+
+    On a machine shared with other work the load drifts within seconds; timing the two back to back in each
+    round and taking the median ratio of the pairs compares them under the same load.
+    """
+    result = fn_a()
+    fn_b()
+    times_a, times_b = [], []
+    for _ in range(max(repeats, 5)):
+        start = time.perf_counter()
+        result = fn_a()
+        times_a.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        fn_b()
+        times_b.append(time.perf_counter() - start)
+    ratios = [a / b for a, b in zip(times_a, times_b, strict=True)]
+    return float(np.median(times_a)), float(np.median(times_b)), float(np.median(ratios)), result
 
 
 def meanshift_pp(X: np.ndarray, h: float, max_iter: int = 100) -> np.ndarray:
@@ -82,7 +121,8 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], lambda p: p.add_argument(
+        "--bandwidth", type=float, default=2.0, help="grid cell side h (default 2, the issue's goal setting)"))
     import torch
 
     cuda = torch.cuda.is_available()
@@ -94,16 +134,17 @@ def main() -> None:
         sizes, dims = (10_000, 100_000, 1_000_000), (2, 3, 4, 5)
         cases = [(2_000, 2), (2_000, 3)] + [(n, d) for n in sizes for d in dims]
         repeats, msp_budget = 5, 3e6
-    h = 1.0
+    h = args.bandwidth
     rows = []
     for n, d in cases:
         X, y = blobs(n, d, seed=d)
         row: dict[str, Any] = {"N": n, "d": d}
-        t, gs = timed(lambda X=X: GridShift(h, backend="numpy").fit(X), repeats)
-        row.update(numpy_s=t, k=len(gs.cluster_centers_), iters=gs.n_iter_)
+        t_gs, t_bin, ratio, gs = paired_times(lambda X=X: GridShift(h, backend="numpy").fit(X),
+                                              lambda X=X: binning_only(X, h), repeats)
+        row.update(numpy_s=t_gs, k=len(gs.cluster_centers_), iters=gs.n_iter_)
         row["ari"] = adjusted_rand_score(y, gs.labels_)
-        row["binning_s"] = timed(lambda X=X: binning_only(X, h), repeats)[0]
-        row["numpy/binning"] = row["numpy_s"] / row["binning_s"]
+        row["binning_s"] = t_bin
+        row["numpy/binning"] = ratio
         t, tgs = timed(lambda X=X: GridShift(h, backend="torch-cpu").fit(torch.from_numpy(X)), repeats)
         row["torch_cpu_s"] = t
         row["torch_same"] = bool(np.array_equal(tgs.labels_, gs.labels_))
@@ -121,21 +162,50 @@ def main() -> None:
             from sklearn.cluster import MeanShift
 
             start = time.perf_counter()
-            sk = MeanShift(bandwidth=h).fit(X)
+            sk = MeanShift(bandwidth=h, bin_seeding=True).fit(X)
             row["sklearn_s"] = time.perf_counter() - start
             row["sklearn_ari"] = adjusted_rand_score(y, sk.labels_)
         rows.append(row)
-        print_table([row], title=None if len(rows) > 1 else "GridShift scaling (h = 1, 10 blobs, times in s)")
+        print_table([row], title=None if len(rows) > 1 else f"GridShift scaling (h = {h:g}, 10 blobs, times in s)")
     columns = ["N", "d", "k", "iters", "ari", "numpy_s", "binning_s", "numpy/binning", "torch_cpu_s",
                "torch_same", "torch_cuda_s", "cuda_same", "ms++_s", "ms++_same", "sklearn_s", "sklearn_ari"]
     print_table(rows, [c for c in columns if any(c in r for r in rows)], title="GridShift scaling (summary)")
     goal = [r for r in rows if r["N"] == 1_000_000 and r["d"] == 3]
+    goal_line = None
     if goal:
-        print(f"\ngoal GridShift <= 2x binning at N=1e6, d=3: {goal[0]['numpy/binning']:.2f}x "
-              f"({'met' if goal[0]['numpy/binning'] <= 2 else 'NOT met'})")
+        g = goal[0]
+        met = g["numpy/binning"] <= 2 and g["ari"] == 1.0
+        goal_line = (f"goal GridShift <= 2x efficient binning at N=1e6, d=3, h={h:g}, ARI 1 vs the blob labels: "
+                     f"{g['numpy/binning']:.2f}x, ARI {g['ari']:.4f} ({'met' if met else 'NOT met'})")
+        print("\n" + goal_line)
     if args.json:
         write_json(args.json, {"benchmark": "gridshift_scaling", "bandwidth": h, "quick": args.quick,
-                               "rows": rows, "cuda": cuda, "goal_ratio_max": 2.0})
+                               "rows": rows, "cuda": cuda, "goal_ratio_max": 2.0,
+                               "report": _report(rows, h, goal_line)})
+
+
+def _report(rows: list[dict[str, Any]], h: float, goal_line: str | None) -> dict[str, Any]:
+    """The docs/benchmarks.md table: ours (GridShift, NumPy) vs the efficient-binning floor per (N, d)."""
+    table = [{"N": r["N"], "d": r["d"], "clusters": r["k"], "ARI vs blob labels": r["ari"],
+              "GridShift s": r["numpy_s"], "efficient binning s": r["binning_s"],
+              "GridShift / binning": r["numpy/binning"], "ms++ same partition": r.get("ms++_same"),
+              "sklearn MeanShift s": r.get("sklearn_s")} for r in rows]
+    notes = [f"h = {h:g}; 10 separated std-1 blobs; ARI is against the generating blob labels (reference "
+             "partition), which GridShift recovers exactly when ARI = 1.",
+             "Binning is a floor, not a peer: it clusters nothing. The ratio says how much GridShift costs on "
+             "top of the one pass over the points that any grid method needs.",
+             "Times are medians of repeated runs on a 2-core machine shared with other work."]
+    small = [r for r in rows if r["numpy/binning"] > 2]
+    if small:
+        worst = max(small, key=lambda r: r["numpy/binning"])
+        notes.append(f"binning wins by more than 2x at {len(small)} of {len(rows)} sizes, up to "
+                     f"{worst['numpy/binning']:.1f}x at N={worst['N']}, d={worst['d']}: there GridShift's fixed "
+                     "cost per call (a few iterations of Python-level array calls, ~1 ms) outweighs the pass over "
+                     "the points")
+    if goal_line:
+        notes.append(goal_line)
+    return {"title": f"GridShift vs efficient binning (h = {h:g})", "columns": list(table[0]), "rows": table,
+            "notes": notes, "plots": []}
 
 
 if __name__ == "__main__":

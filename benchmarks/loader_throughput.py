@@ -1,7 +1,8 @@
-"""Training-loader throughput: FFCV vs the torchvision-style loader, same two-view augmentation.
+"""Training-loader throughput: ours (torchvision-style, FFCV) vs stock torchvision v2, same two views.
 
     python benchmarks/loader_throughput.py [--quick] [--json results/loader_throughput.json]
                                            [--data-dir DIR] [--workers N] [--batch-size B]
+                                           [--images-224 N] [--images-32 N]
 
 Task: one epoch of two-view training batches, images/second, as ``engine/loop.py`` consumes them:
 random resized crop + flip per view in the loader (uint8 ``B x 2 x 3 x R x R``), then
@@ -10,17 +11,27 @@ batch - here on the CPU, in the training process (on a GPU it is a small part of
 
 Data (generated once and cached under ``--data-dir``, default ``$TMPDIR/nrcc_loader_bench``):
 
-* ``224 px``: an image folder of 10,000 JPEGs (quality 90, 10 classes; 1,000 with ``--quick``) of smooth
+* ``224 px``: an image folder of 10,000 JPEGs (quality 90, 10 classes; 256 with ``--quick``) of smooth
   random colour fields with texture and noise (~15-20 KB each, about ImageNet's JPEG cost per pixel),
   trained at 224 px. The torchvision path decodes the files with PIL (``ImageFolderSource``); FFCV reads a
   .beton written from the same folder (JPEG, quality 90).
-* ``32 px``: 50,000 in-memory images (CIFAR-sized; 5,000 with ``--quick``). The torchvision path crops
+* ``32 px``: 50,000 in-memory images (CIFAR-sized; 1,600 with ``--quick``). The torchvision path crops
   the arrays; FFCV reads a raw-pixel .beton.
 
-Loaders, both on the same ``--workers`` CPU cores (default: all):
+Loaders, all on the same ``--workers`` CPU cores (default: all), all producing the same two views:
 
-* ``torchvision`` - ``build_train_loader(loader=torchvision)``: a DataLoader with ``--workers`` processes;
-* ``ffcv`` - ``FFCVTrainLoader`` (decode each JPEG once, cut both crops; ``--workers`` numba threads);
+* ``stock v2`` - the baseline a user would write: ``torchvision.datasets.ImageFolder`` (an in-memory
+  ``Dataset`` over the same arrays for the 32 px set) decoding each file with ``torchvision.io.decode_image``
+  to a uint8 tensor, ``transforms.v2`` ``RandomResizedCrop`` + ``RandomHorizontalFlip`` per view, in a
+  standard ``torch.utils.data.DataLoader`` with ``--workers`` processes. With photometric augmentation the
+  v2 ops (``ColorJitter`` p 0.8, ``RandomGrayscale`` 0.2, ``GaussianBlur`` p 0.5 at >= 96 px, same
+  parameters as ``AugmentConfig``; then ``ToDtype`` + ``Normalize``) run per image *in the loader workers*,
+  the usual torchvision recipe;
+* ``ours (torchvision-style)`` - ``build_train_loader(loader=torchvision)``: PIL decode, our crop + flip,
+  a DataLoader with ``--workers`` processes; the photometric part is ``BatchPhotometricAugment`` on each
+  batch in the training process (``--torch-threads`` threads), as in training;
+* ``ffcv`` - ``FFCVTrainLoader`` (decode each JPEG once, cut both crops; ``--workers`` numba threads), with
+  the same ``BatchPhotometricAugment`` in the training process;
 * ``ffcv per-view`` - FFCV's stock ``RandomResizedCropRGBImageDecoder`` pipelines, one per view (each view
   decodes the JPEG again). Full mode only.
 
@@ -29,12 +40,15 @@ CPU worker with ``train.cpus_per_worker=1``; on an oversubscribed machine, more 
 cores make these small batch ops orders of magnitude slower).
 
 Columns: ``loader img/s`` (a whole epoch of batches, nothing else), ``with photometric img/s`` (batches
-plus the photometric augmentation of both views, for 30 s of the next epoch, 6 s with ``--quick``: on a CPU
-that part costs the same for every loader and dominates at 224 px), ``photometric alone img/s`` (the
-augmentation on a ready batch), and ``x``, the ratios to the torchvision loader. The first batches of each
-epoch (worker start-up, numba compilation) are not timed. ``prepare s`` is the one-off .beton write (blank
-when the cached file was reused). Measurements run torchvision first, then FFCV, so that no DataLoader
-forks its workers after FFCV's threads exist.
+plus the photometric augmentation of both views, for 30 s of the next epoch, 4 s with ``--quick``),
+``photometric alone img/s`` (the photometric ops alone, two views, one thread: our batch op on a ready
+batch for our loaders, the v2 ops image by image for ``stock v2`` - the figure that decides which
+implementation the project uses on a CPU), and ``x``, the ratios to ``stock v2``. The stock loader's
+photometric work runs in its ``--workers`` processes while ours runs in the one training thread, so the
+``with photometric`` column compares the two recipes as each is normally used, not equal CPU budgets.
+The first batches of each epoch (worker start-up, numba compilation) are not timed. ``prepare s`` is the
+one-off .beton write (blank when the cached file was reused). Measurements run the DataLoaders first, then
+FFCV, so that no DataLoader forks its workers after FFCV's threads exist.
 """
 
 from __future__ import annotations
@@ -59,7 +73,8 @@ from nrcc_scale.data.base import ArraySource, ImageSource
 from nrcc_scale.data.loaders import build_train_loader, ffcv_available
 
 NUM_CLASSES = 10
-WARMUP_BATCHES = 2
+STOCK = "stock v2"
+WARMUP_BATCHES = 1  # the first batch of an epoch carries worker start-up / numba compilation
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -131,6 +146,105 @@ def beton_for(source: ImageSource, path: Path, mode: str, workers: int) -> tuple
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The stock torchvision baseline
+# ----------------------------------------------------------------------------------------------------------
+
+
+def decode_file(path: str) -> torch.Tensor:
+    """ImageFolder's loader for the stock path: the file decoded straight to a ``3 x H x W`` uint8 tensor."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    return decode_image(read_file(path), mode=ImageReadMode.RGB)
+
+
+def stock_transform(resolution: int, photometric: bool, mean: tuple[float, ...], std: tuple[float, ...]) -> Any:
+    """transforms.v2 per view on a uint8 tensor: the SimCLR recipe with ``AugmentConfig``'s parameters."""
+    from torchvision.transforms import v2
+
+    aug = AugmentConfig()
+    ops: list[Any] = [v2.RandomResizedCrop(resolution, scale=(aug.crop_scale_min, aug.crop_scale_max),
+                                           antialias=True),
+                      v2.RandomHorizontalFlip(aug.flip_p)]
+    if photometric:
+        ops.append(v2.RandomApply([v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)],
+                                  p=aug.jitter_p))
+        ops.append(v2.RandomGrayscale(aug.grayscale_p))
+        if resolution >= 96:  # AugmentConfig.blur_p = None: blur at >= 96 px, SimCLR's 10% kernel
+            kernel = max(3, int(0.1 * resolution) // 2 * 2 + 1)
+            ops.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+        ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(ops)
+
+
+class TwoViews:
+    """The usual two-crop wrapper: the same transform applied twice, views stacked."""
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.transform(image), self.transform(image)])
+
+
+class ArrayImages(torch.utils.data.Dataset):
+    """The in-memory 32 px set as a plain Dataset of uint8 ``3 x H x W`` tensors (CIFAR-style)."""
+
+    def __init__(self, source: ImageSource, transform: Any) -> None:
+        self.source, self.transform = source, transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = torch.from_numpy(np.ascontiguousarray(self.source.image(index))).permute(2, 0, 1)
+        return self.transform(image), int(self.source.labels[index])
+
+
+class StockLoader:
+    """A standard DataLoader (shuffle, drop_last) with a no-op ``set_epoch`` for the timing loop."""
+
+    def __init__(self, dataset: Any, batch: int, workers: int) -> None:
+        self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                                                  drop_last=True)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __iter__(self) -> Any:
+        return iter(self.loader)
+
+
+def stock_loader(case: Case, batch: int, workers: int, photometric: bool) -> StockLoader:
+    transform = TwoViews(stock_transform(case.resolution, photometric, case.source.mean, case.source.std))
+    if case.folder is not None:
+        from torchvision.datasets import ImageFolder
+
+        dataset = ImageFolder(str(case.folder), transform=transform, loader=decode_file)
+    else:
+        dataset = ArrayImages(case.source, transform)
+    return StockLoader(dataset, batch, workers)
+
+
+def stock_photometric_only(case: Case, batch: int, max_seconds: float) -> float:
+    """Images per second of the v2 photometric ops alone, image by image, two views (one thread)."""
+    transform = stock_transform(case.resolution, True, case.source.mean, case.source.std)
+    photometric = transform.transforms[2:]  # drop crop and flip: the same ops as BatchPhotometricAugment
+    from torchvision.transforms import v2
+
+    ops = v2.Compose(photometric)
+    views = torch.randint(0, 256, (batch, 3, case.resolution, case.resolution), dtype=torch.uint8)
+    ops(views[0])
+    images = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < max_seconds:
+        for image in views:
+            ops(image)
+            ops(image)
+            images += 1
+    return images / (time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Timing
 # ----------------------------------------------------------------------------------------------------------
 
@@ -145,7 +259,8 @@ def time_batches(loader, epoch: int, photometric: BatchPhotometricAugment | None
         next(iterator)
     images = 0
     started = time.perf_counter()
-    for views, _labels, _index in iterator:
+    for batch in iterator:
+        views = batch[0]
         if photometric is not None:
             for v in range(views.shape[1]):
                 photometric(views[:, v])
@@ -180,19 +295,29 @@ class Case:
     beton: Path
     resolution: int
     prepare_s: float | None
+    folder: Path | None = None  # the image folder behind ``source`` (None: in-memory arrays)
     photometric: BatchPhotometricAugment | None = None
     photometric_alone: float = 0.0
+    stock_photometric_alone: float = 0.0
 
 
-def measure(case: Case, name: str, make_loader, seconds: float) -> dict[str, Any]:
+def measure(case: Case, name: str, make_loader, seconds: float, make_aug_loader=None) -> dict[str, Any]:
+    """Loader alone for an epoch, then with the photometric part: ours applies ``case.photometric`` to the
+    batches; the stock path (``make_aug_loader``) has the photometric ops inside its workers instead."""
     started = time.perf_counter()
     loader = make_loader()
     loader_only, counted = time_batches(loader, epoch=0)
-    with_aug, counted_aug = time_batches(loader, epoch=1, photometric=case.photometric, max_seconds=seconds)
+    if make_aug_loader is None:
+        with_aug, counted_aug = time_batches(loader, epoch=1, photometric=case.photometric, max_seconds=seconds)
+        alone = case.photometric_alone
+    else:
+        del loader
+        with_aug, counted_aug = time_batches(make_aug_loader(), epoch=1, max_seconds=seconds)
+        alone = case.stock_photometric_alone
     print(f"  {case.label}, {name}: {loader_only:.0f} img/s loader ({counted} images), {with_aug:.1f} img/s "
           f"with photometric ({counted_aug} images); {time.perf_counter() - started:.0f} s", flush=True)
     return {"set": case.label, "loader": name, "loader img/s": loader_only, "with photometric img/s": with_aug,
-            "photometric alone img/s": case.photometric_alone, "images": counted,
+            "photometric alone img/s": alone, "images": counted,
             "images with photometric": counted_aug, "prepare s": case.prepare_s}
 
 
@@ -208,12 +333,16 @@ def run_all(cases: list[Case], batch: int, workers: int, torch_threads: int, per
         case.photometric = BatchPhotometricAugment(AugmentConfig(), case.source.mean, case.source.std,
                                                    case.resolution)
         case.photometric_alone = photometric_only(case.photometric, batch, case.resolution, seconds / 2)
+        case.stock_photometric_alone = stock_photometric_only(case, batch, seconds / 2)
         print(f"{case.label}: {len(case.source)} images, batch {batch}, {workers} core(s); photometric alone "
-              f"{case.photometric_alone:.1f} img/s (two views)", flush=True)
+              f"(two views, one thread): ours {case.photometric_alone:.1f} img/s, torchvision v2 per image "
+              f"{case.stock_photometric_alone:.1f} img/s", flush=True)
     tv_cfg = DataConfig(dataset="image_folder", loader="torchvision", loader_workers=workers)
     rows = []
     for case in cases:
-        rows.append(measure(case, "torchvision", lambda c=case: build_train_loader(
+        rows.append(measure(case, STOCK, lambda c=case: stock_loader(c, batch, workers, False), seconds,
+                            make_aug_loader=lambda c=case: stock_loader(c, batch, workers, True)))
+        rows.append(measure(case, "ours (torchvision-style)", lambda c=case: build_train_loader(
             tv_cfg, c.source, c.resolution, 2, batch, 0, 1, 0, device), seconds))
     modes = [("ffcv", "once")] + ([("ffcv per-view", "per_view")] if per_view else [])
     for name, mode in modes:
@@ -222,9 +351,10 @@ def run_all(cases: list[Case], batch: int, workers: int, torch_threads: int, per
             rows.append(measure(case, name, lambda c=case, f=cfg, m=mode: FFCVTrainLoader(
                 f, c.resolution, 2, batch, 0, 1, 0, device, decode=m), seconds))
     for row in rows:
-        base = next(r for r in rows if r["set"] == row["set"] and r["loader"] == "torchvision")
+        base = next(r for r in rows if r["set"] == row["set"] and r["loader"] == STOCK)
         row["loader x"] = row["loader img/s"] / base["loader img/s"]
         row["with photometric x"] = row["with photometric img/s"] / base["with photometric img/s"]
+        row["photometric alone x"] = row["photometric alone img/s"] / base["photometric alone img/s"]
     return sorted(rows, key=lambda r: [c.label for c in cases].index(r["set"]))
 
 
@@ -243,7 +373,11 @@ def main() -> None:
                             help="where the generated images and .beton files are cached")
         parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                             help="CPU cores for each loader (DataLoader processes / FFCV threads)")
-        parser.add_argument("--batch-size", type=int, default=None, help="per batch (default 256; 32 with --quick)")
+        parser.add_argument("--batch-size", type=int, default=None, help="per batch (default 256; 16 with --quick)")
+        parser.add_argument("--images-224", type=int, default=None,
+                            help="JPEGs in the 224 px folder (default 10,000; 256 with --quick)")
+        parser.add_argument("--images-32", type=int, default=None,
+                            help="in-memory 32 px images (default 50,000; 1,600 with --quick)")
         parser.add_argument("--torch-threads", type=int, default=1,
                             help="PyTorch threads of the training process, which runs the photometric part "
                                  "(default 1, as a Ray CPU worker with train.cpus_per_worker=1)")
@@ -253,9 +387,10 @@ def main() -> None:
     if not ffcv_available():
         raise SystemExit("ffcv is not importable; this benchmark compares it with the torchvision loader")
     quick = args.quick
-    batch = args.batch_size or (32 if quick else 256)
-    n224, n32 = (640, 3200) if quick else (10_000, 50_000)
-    seconds = 6.0 if quick else 30.0  # time spent measuring each loader with the photometric part
+    batch = args.batch_size or (16 if quick else 256)
+    n224, n32 = (256, 1600) if quick else (10_000, 50_000)
+    n224, n32 = args.images_224 or n224, args.images_32 or n32
+    seconds = 4.0 if quick else 30.0  # time spent measuring each loader with the photometric part
     args.data_dir.mkdir(parents=True, exist_ok=True)
 
     folder = jpeg_folder(args.data_dir, n224)
@@ -263,13 +398,14 @@ def main() -> None:
     beton224, prep224 = beton_for(src224, args.data_dir / f"jpeg224_n{n224}.beton", "jpg", args.workers)
     src32 = array_source(n32)
     beton32, prep32 = beton_for(src32, args.data_dir / f"array32_n{n32}.beton", "raw", args.workers)
-    cases = [Case("224 px JPEG", src224, beton224, 224, prep224), Case("32 px arrays", src32, beton32, 32, prep32)]
+    cases = [Case("224 px JPEG", src224, beton224, 224, prep224, folder=folder),
+             Case("32 px arrays", src32, beton32, 32, prep32)]
     rows = run_all(cases, batch, args.workers, args.torch_threads, per_view=not quick, seconds=seconds)
 
     columns = ["set", "loader", "loader img/s", "loader x", "with photometric img/s", "with photometric x",
-               "photometric alone img/s", "prepare s"]
+               "photometric alone img/s", "photometric alone x", "prepare s"]
     title = (f"Loader throughput, two views, batch {batch}, {args.workers} CPU core(s) "
-             "(x = ratio to torchvision; goal: ffcv >= 2x)")
+             "(x = ratio to stock torchvision v2)")
     print_table(rows, columns, title=title, floatfmt="{:.3g}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if load is not None:
@@ -278,7 +414,26 @@ def main() -> None:
         write_json(args.json, {"benchmark": "loader_throughput", "quick": quick, "batch_size": batch,
                                "photometric_seconds": seconds, "torch_threads": args.torch_threads,
                                "workers": args.workers, "images_224": n224, "images_32": n32,
-                               "load_average": load, "rows": rows})
+                               "load_average": load, "rows": rows,
+                               "report": _report(rows, columns, batch, args.workers, load)})
+
+
+def _report(rows: list[dict[str, Any]], columns: list[str], batch: int, workers: int,
+            load: float | None) -> dict[str, Any]:
+    notes = [f"Batch {batch}, two views, {workers} worker(s) for every loader; x = ratio to stock torchvision "
+             "v2 (DataLoader over ImageFolder, decode_image + v2 ops on uint8 tensors).",
+             "stock v2 runs its photometric ops per image in its worker processes; ours and FFCV run "
+             "BatchPhotometricAugment on whole batches in the one training thread.",
+             f"The 2-core machine was shared with other work (load average {load:.1f})" if load is not None
+             else "The machine was shared with other work."]
+    for r in rows:
+        if r["loader"] == STOCK:
+            continue
+        for col in ("loader", "with photometric"):
+            if r[f"{col} x"] < 1.0:
+                notes.append(f"stock v2 wins on {r['set']} ({col}): {r['loader']} runs at {r[f'{col} x']:.2f}x")
+    return {"title": "Training loader throughput vs stock torchvision v2", "columns": columns,
+            "rows": [{c: r.get(c) for c in columns} for r in rows], "notes": notes, "plots": []}
 
 
 if __name__ == "__main__":

@@ -148,7 +148,15 @@ def main() -> None:
                        "efficiency", "step_s", "fit_s"], title="Ray Train data-parallel scaling (weak)")
     if args.json:
         write_json(args.json, {"benchmark": "ray_scaling", "config": base.to_dict(), "rows": rows,
-                               "batch_per_worker": args.batch_per_worker, "warmup": args.warmup})
+                               "batch_per_worker": args.batch_per_worker, "warmup": args.warmup,
+                               "report": {"title": "Ray Train data-parallel scaling (weak)",
+                                          "columns": ["workers", "device", "global_batch", "img_per_s",
+                                                      "img_per_s_per_worker", "efficiency", "fit_s"],
+                                          "rows": rows,
+                                          "notes": ["efficiency = img/s(w) / (w * img/s(1)); 1.0 = perfect; the "
+                                                    "baseline is one worker of the same step. fit_s includes Ray "
+                                                    "Train start-up, which img/s excludes."],
+                                          "plots": []}})
 
 
 if __name__ == "__main__":

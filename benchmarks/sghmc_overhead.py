@@ -135,7 +135,16 @@ def main() -> None:
     if args.json:
         _common.write_json(args.json, {"settings": {k: v for k, v in vars(args).items() if k != "json"},
                                        "median_seconds": median, "times": times,
-                                       "ratios": {r["mode"]: r["vs base"] for r in rows}})
+                                       "ratios": {r["mode"]: r["vs base"] for r in rows},
+                                       "report": {"title": f"NRCC step overhead ({args.backbone}, "
+                                                  f"{args.resolution} px, batch {args.batch}, {device})",
+                                                  "columns": ["mode", "median step (s)", "vs base"], "rows": rows,
+                                                  "notes": [f"BYOL+NRCC / BYOL = {goal:.2f}x (goal <= 1.30; "
+                                                            "paper Table 7: 1.43x); the reference code's way: "
+                                                            f"{median['byol+nrcc (reference)'] / median['byol']:.2f}x",
+                                                            f"goal {'met' if goal <= 1.30 else 'NOT met'}",
+                                                            f"{args.rounds} interleaved rounds, medians"],
+                                                  "plots": []}})
 
 
 if __name__ == "__main__":

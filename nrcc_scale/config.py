@@ -94,6 +94,7 @@ class DataConfig:
     on_bad_file: str = "fail"  # fail | skip: what to do with unreadable or corrupt images
     verify_files: str = "auto"  # auto | none | header | decode: how image-folder files are checked when indexed
     use_unlabeled: bool = False  # STL-10: add the 100,000 unlabelled images to the training split
+    labels: str = "auto"  # auto (use labels where the data have them) | none (ignore them: label-free run)
     imbalance_ratio: float = 10.0  # long-tailed sets (cifar10_lt, cifar20_lt): largest / smallest class
     holdout_fraction: float = 0.2  # held-out split for data sets without a test split (digits, folders)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -471,6 +472,7 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"data.root is empty: data.format = {d.format!r} needs the Parquet shards' location "
                           "(written by `python -m nrcc_scale.data shard --out URI`)")
     _choice("data.verify_files", d.verify_files, ("auto", "none", "header", "decode"))
+    _choice("data.labels", d.labels, ("auto", "none"))
     _range("data.resolution", d.resolution, 0)
     _range("data.loader_workers", d.loader_workers, 0)
     _range("data.imbalance_ratio", d.imbalance_ratio, 1.0)

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a checkpoint folder (or a run folder: its latest)")
     source.add_argument("--embeddings", type=Path, help="an N x D .npy matrix of embeddings")
-    parser.add_argument("--labels", type=Path, help="N ground-truth labels (.npy), with --embeddings")
+    parser.add_argument("--labels", type=Path,
+                        help="N ground-truth labels (.npy), with --embeddings; without: label-free scores only")
     parser.add_argument("--out", type=Path, help="output folder (default: beside the checkpoint / embeddings)")
     parser.add_argument("--shards", type=int, default=0, help="Ray embedding tasks (default: one per CPU)")
     parser.add_argument("--no-ray", action="store_true", help="embed in this process")
@@ -55,10 +56,10 @@ def _load_array(path: Path, what: str) -> np.ndarray:
 def _from_embeddings(args: argparse.Namespace) -> tuple[dict, str, Path]:
     from nrcc_scale.evaluation.checkpoint_eval import evaluate_arrays
 
-    if args.labels is None:
-        raise ConfigError("--embeddings needs --labels y.npy (ground truth, used only for scoring)")
     features = _load_array(args.embeddings, "--embeddings").astype(np.float32)
-    labels = _load_array(args.labels, "--labels")
+    # without --labels every sample is unlabelled (-1): only the label-free scores are computed
+    labels = _load_array(args.labels, "--labels") if args.labels is not None else \
+        np.full(len(features), -1, dtype=np.int64)
     if features.ndim != 2 or labels.ndim != 1 or len(features) != len(labels):
         raise ConfigError(f"--embeddings {args.embeddings} has shape {features.shape} and --labels {args.labels} "
                           f"{labels.shape}: expected N x D and N")

@@ -208,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics["train_seconds"] = round(train_seconds, 2)
         metrics["total_seconds"] = round(time.perf_counter() - started, 2)
         atomic_write_json(run_dir / "metrics.json", metrics)
+        from nrcc_scale.evaluation.html_report import write_html_report
+
+        write_html_report(run_dir, metrics, table)  # again, with the wall times
         print()
         print(table)
         print(f"wall time: training {train_seconds:.1f} s, total {metrics['total_seconds']:.1f} s")

@@ -14,7 +14,8 @@ A sweep file has three sections::
       method.nrcc.weight: {loguniform: [0.05, 2.0]}      # uniform | loguniform | quniform [lo, hi(, q)]
       method.nrcc.sghmc.steps: {randint: [1, 4]}         # randint [lo, hi) (hi excluded, as Tune's)
     tune:                        # how to search (TuneSettings below)
-      metric: nmi                # what "best" means; nmi/acc/ari/knn_acc/... need evaluate: true
+      metric: nmi                # what "best" means; nmi/acc/ari/knn_acc/... need evaluate: true and labels;
+                                 # label-free: rankme, stability, silhouette, singleton_fraction (mode min), ...
       mode: max
       scheduler: {type: asha, metric: knn_acc, grace_period: 2}   # or {type: none}
 
@@ -77,9 +78,21 @@ RESULTS_CSV = "results.csv"
 BEST_CONFIG = "best_config.yaml"
 SWEEP_FILE = "sweep.yaml"
 #: Metrics the training loop reports only on monitor epochs (``train.monitor_every``).
-MONITOR_METRICS = ("knn_acc", "global_std", "monitor_nmi", "monitor_acc", "monitor_ari", "monitor_clusters")
-#: Columns of the results table after the trial, its status and the searched keys (when present).
-TABLE_METRICS = ("nmi", "acc", "ari", "num_clusters", "knn_acc", "linear_acc", "monitor_nmi", "loss", "epoch")
+MONITOR_METRICS = ("knn_acc", "global_std", "monitor_nmi", "monitor_acc", "monitor_ari", "monitor_clusters",
+                   # label-free monitors (nrcc_scale.evaluation.monitor.MONITORED_LABEL_FREE): ASHA without labels
+                   "monitor_rankme", "monitor_stability", "monitor_silhouette", "monitor_cluster_size_cv",
+                   "monitor_singleton_fraction")
+#: Final scores that need labels, and those that do not (nrcc_scale.evaluation.label_free).
+LABELLED_METRICS = ("nmi", "acc", "ari", "ami", "knn_acc", "linear_acc", "monitor_nmi", "monitor_acc", "monitor_ari")
+LABEL_FREE_METRICS = ("rankme", "stability", "silhouette", "num_clusters", "cluster_size_cv",
+                      "largest_cluster_fraction", "singleton_fraction", "global_std")
+#: What tune.metric and tune.scheduler.metric may name.
+KNOWN_METRICS = tuple(dict.fromkeys(LABELLED_METRICS + LABEL_FREE_METRICS + MONITOR_METRICS
+                                    + ("loss", "loss_base", "loss_nrcc")))
+#: Columns of the results table after the trial, its status and the searched keys (when present): the
+#: label-free scores beside the labelled ones (columns no trial reported, e.g. NMI without labels, are dropped).
+TABLE_METRICS = ("nmi", "acc", "ari", "num_clusters", "knn_acc", "linear_acc", "rankme", "stability", "silhouette",
+                 "singleton_fraction", "monitor_nmi", "loss", "epoch")
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "quniform", "randint")
 
 
@@ -253,10 +266,29 @@ def _validate_settings(s: TuneSettings, base: Config) -> None:
     if s.resources.driver_memory_gb <= 0:
         raise ConfigError("tune.resources.driver_memory_gb must be > 0")
     asha_metric = s.scheduler.metric or s.metric
+    for key, name in (("tune.metric", s.metric), ("tune.scheduler.metric", asha_metric)):
+        if name not in KNOWN_METRICS:
+            raise ConfigError(f"{key} = {name!r}: not a reported metric; allowed: {', '.join(KNOWN_METRICS)}")
+        if name in LABELLED_METRICS and _unlabelled(base):
+            raise ConfigError(f"{key} = {name!r} needs labels, but the data are unlabelled "
+                              f"(data.labels / a folder without class folders); use a label-free score: "
+                              f"{', '.join(LABEL_FREE_METRICS)} or the monitor_* ones")
     if s.scheduler.type == "asha" and asha_metric in MONITOR_METRICS and base.train.monitor_every == 0:
         print(f"warning: ASHA compares {asha_metric}, which the training monitor reports only at the last "
               f"epoch with train.monitor_every=0; set it to a few epochs so that ASHA can stop trials early",
               file=sys.stderr)
+
+
+def _unlabelled(base: Config) -> bool:
+    """Whether the sweep's data are known, cheaply and before any trial, to have no labels."""
+    if base.data.labels == "none":
+        return True
+    if base.data.dataset == "image_folder" and base.data.root:
+        from nrcc_scale.data.unlabelled import has_top_level_images
+
+        root = Path(base.data.root).expanduser()
+        return root.is_dir() and has_top_level_images(root)
+    return False
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -44,6 +44,18 @@ if ! ffcv_libs_present; then
          "(apt-get install -y pkg-config libturbojpeg0-dev libopencv-dev, then re-run)"
   fi
 fi
+# report.html is checked in headless Chromium by the tests (tests/test_label_free.py; they skip without it)
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "installing chromium (headless rendering test of report.html) ..."
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: chromium is missing and this is not root; the report.html rendering test will skip" \
+         "(apt-get install -y chromium, then re-run)"
+  fi
+fi
 if ffcv_libs_present; then
   "${PIP[@]}" -e ".[ffcv]"
 fi

@@ -108,3 +108,19 @@ def test_every_worker_gets_a_distinct_shard_reshuffled_every_epoch() -> None:
         assert len(both) == len(set(both)) == 2 * (len(source) // 2 // 64) * 64  # full batches only
         per_epoch.append(seen[0])
     assert per_epoch[0] != per_epoch[1]  # reshuffled
+
+
+@pytest.mark.parametrize(("shape", "size"), [((3, 8, 8), 16), ((3, 180, 200), 224), ((3, 300, 250), 32)])
+def test_resize_uint8_matches_the_float_antialiased_bilinear_resize(shape, size) -> None:
+    """The uint8 fast path (torchvision's kernel) is the same filter as float interpolate, up to rounding."""
+    from nrcc_scale.data.augment import resize_uint8
+
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+    crop = image.permute(1, 2, 0).permute(2, 0, 1)[:, 1:, 2:]  # non-contiguous, as SpatialAugment passes it
+    reference = torch.nn.functional.interpolate(crop[None].float(), size=(size, size), mode="bilinear",
+                                                antialias=True, align_corners=False)[0].round().clamp(0, 255)
+    out = resize_uint8(crop, size)
+    assert out.dtype == torch.uint8 and out.shape == (3, size, size) and out.is_contiguous()
+    assert (out.float() - reference).abs().max() <= 1
+    assert (out.float() - reference).abs().mean() < 0.3

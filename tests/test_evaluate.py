@@ -87,7 +87,7 @@ def test_evaluate_embeddings_writes_the_report(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--embeddings", "missing.npy", "--labels", "y.npy"], "--embeddings file missing.npy does not exist"),
-        (["--embeddings", "x.npy"], "--embeddings needs --labels y.npy"),
+        (["--embeddings", "x.npy", "--labels", "nolabels.npy"], "--labels file nolabels.npy does not exist"),
         (["--embeddings", "x.npy", "--labels", "y.npy", "train.epochs=3"], "evaluate only takes eval.* keys"),
         (["--embeddings", "x.npy", "--labels", "y.npy", "eval.bandwidht=1"], "unknown key 'eval.bandwidht'"),
         (["--checkpoint", "nowhere"], "--checkpoint nowhere: no nrcc-scale checkpoint"),

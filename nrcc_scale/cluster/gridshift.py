@@ -344,7 +344,12 @@ class _NumpyBackend(_Backend):
 
     def segment_sum(self, values: np.ndarray, index: np.ndarray, m: int) -> np.ndarray:
         columns = np.ascontiguousarray(values.T)  # bincount wants contiguous weights; free for X by dimension
-        return np.stack([np.bincount(index, weights=col, minlength=m) for col in columns], axis=1)
+        # bincount casts its index to intp on every call: cast the (often int32) index once, not once per column
+        index = index.astype(np.intp, copy=False)
+        out = np.empty((m, len(columns)))
+        for k, col in enumerate(columns):
+            out[:, k] = np.bincount(index, weights=col, minlength=m)
+        return out
 
     def row_min_max(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return a.min(axis=1), a.max(axis=1)

@@ -446,6 +446,10 @@ def _find_dir(root: Path, names: Iterable[str]) -> Path | None:
 def build_image_folder(cfg: DataConfig, seed: int) -> DataBundle:
     root = _root(cfg, "a folder of class folders (optionally with train/ and val/ or test/ inside)")
     name = root.name or "image_folder"
+    from nrcc_scale.data.unlabelled import build_unlabelled_folder, has_top_level_images
+
+    if root.is_dir() and (cfg.labels == "none" or has_top_level_images(root)):
+        return build_unlabelled_folder(cfg, root)  # no class folders: every image below root, labels -1
     train_dir = _find_dir(root, ("train",))
     if train_dir is None:
         return registry.holdout_bundle(folder_source(name, root, cfg), cfg.holdout_fraction, seed)
@@ -778,6 +782,8 @@ def build_stl10(cfg: DataConfig, seed: int) -> DataBundle:
     bundle = train_test_bundle(train, test, "stl10")
     if extra is not None:
         bundle.train = ConcatSource([train, extra], name="stl10[train+unlabeled]")
+        if cfg.labels == "none":  # cluster the 100k unlabelled images themselves (label-free scores only)
+            return DataBundle(train=bundle.train, evaluate=extra, probe_train=extra, probe_test=extra)
     return bundle
 
 

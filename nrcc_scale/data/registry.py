@@ -45,7 +45,12 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
     except KeyError:
         raise ValueError(f"data.dataset = {cfg.dataset!r}: no loader is registered for it; "
                          f"known: {', '.join(sorted(BUILDERS))}") from None
-    return builder(cfg, seed)
+    bundle = builder(cfg, seed)
+    if cfg.labels == "none":
+        from nrcc_scale.data.unlabelled import strip_labels
+
+        bundle = strip_labels(bundle)  # no-op for sources that are unlabelled already
+    return bundle
 
 
 def _register_formats() -> None:

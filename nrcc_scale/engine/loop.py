@@ -406,7 +406,8 @@ def _monitor(method: SSLMethod, cfg: Config, data, resolution: int, device: torc
 
 def _format_epoch(metrics: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {metrics['epoch']}/{epochs}"]
-    for key in ("loss", "loss_base", "loss_nrcc", "knn_acc", "global_std", "monitor_nmi", "monitor_acc"):
+    for key in ("loss", "loss_base", "loss_nrcc", "knn_acc", "global_std", "monitor_nmi", "monitor_acc",
+                "monitor_rankme", "monitor_stability"):
         if key in metrics and isinstance(metrics[key], float) and math.isfinite(metrics[key]):
             parts.append(f"{key} {metrics[key]:.4f}")
     parts.append(f"{metrics['images_per_second']:.0f} img/s")

@@ -21,6 +21,7 @@ from nrcc_scale.data.base import DataBundle, SubsetSource, raw_pixel_features
 from nrcc_scale.data.registry import build_data
 from nrcc_scale.engine.checkpoint import read_state
 from nrcc_scale.evaluation.embed import Embeddings, embed_source
+from nrcc_scale.evaluation.html_report import write_html_report
 from nrcc_scale.evaluation.linear_probe import linear_probe
 from nrcc_scale.evaluation.pipeline import EvaluationResult, evaluate_embeddings
 from nrcc_scale.evaluation.report import confusion_plot, curves_plot, format_table, scatter_plot
@@ -79,9 +80,13 @@ def write_report(out_dir: Path, result: EvaluationResult, labels: np.ndarray, me
     atomic_write_json(out_dir / "metrics.json", metrics)
     files = {"metrics": str(out_dir / "metrics.json")}
     if plots and result.main.reduced is not None:
-        files["scatter"] = str(scatter_plot(result.main.reduced, labels, result.main.predicted,
-                                            out_dir / "umap_scatter.png", title))
-        conf = confusion_plot(labels, result.main.predicted, out_dir / "confusion.png")
+        labelled = result.extra.get("labelled", True)
+        # without labels both panels show the found clusters (there is no class to colour by)
+        shown = labels if labelled else result.main.predicted
+        files["scatter"] = str(scatter_plot(result.main.reduced, shown, result.main.predicted,
+                                            out_dir / "umap_scatter.png",
+                                            title if labelled else f"{title} (no labels)"))
+        conf = confusion_plot(labels, result.main.predicted, out_dir / "confusion.png") if labelled else None
         if conf:
             files["confusion"] = str(conf)
         curves = curves_plot(history, out_dir / "curves.png", result.extra.get("embedding_dim"))
@@ -111,8 +116,10 @@ def evaluate_checkpoint(checkpoint: Path, out_dir: Path, device: torch.device | 
     raw = raw_pixel_features(data.evaluate) if ecfg.baselines else None
     result = evaluate_embeddings(emb.features, emb.labels, data.evaluate.num_classes, ecfg, raw_features=raw)
     metrics = result.to_metrics()
-    train_emb, test_emb = probe_embeddings(model, data, emb, trained.resolution, device, ecfg.batch_size)
-    probes = probe_scores(train_emb, test_emb, data.evaluate.num_classes, ecfg, device)
+    probes: dict[str, float] = {}
+    if result.extra["labelled"]:  # kNN accuracy and the linear probe need labels
+        train_emb, test_emb = probe_embeddings(model, data, emb, trained.resolution, device, ecfg.batch_size)
+        probes = probe_scores(train_emb, test_emb, data.evaluate.num_classes, ecfg, device)
     metrics.update(probes)
     metrics.update(method=cfg.method.name, nrcc=cfg.uses_nrcc, dataset=cfg.data.dataset,
                    backbone=cfg.model.backbone, epochs=trained.epoch, checkpoint=str(checkpoint),
@@ -120,8 +127,28 @@ def evaluate_checkpoint(checkpoint: Path, out_dir: Path, device: torch.device | 
     title = (f"{cfg.method.name}{'+NRCC' if cfg.uses_nrcc else ''} on {cfg.data.dataset}: "
              f"UMAP {ecfg.n_components}-d + GridShift")
     metrics["files"] = write_report(out_dir, result, emb.labels, metrics, trained.history, title, ecfg.plots)
+    metrics["files"].update(write_cluster_outputs(out_dir, result, emb, data.evaluate, ecfg.plots))
+    table = format_table(result, probe_rows(probes, ecfg))
+    metrics["files"]["report"] = str(out_dir / "report.html")
     atomic_write_json(out_dir / "metrics.json", metrics)
-    return metrics, format_table(result, probe_rows(probes, ecfg))
+    write_html_report(out_dir, metrics, table, title)
+    return metrics, table
+
+
+def write_cluster_outputs(out_dir: Path, result: EvaluationResult, emb: Embeddings, source: Any,
+                          plots: bool) -> dict[str, str]:
+    """clusters.parquet (+ what ``assign`` needs) and the galleries, for every run, labelled or not."""
+    from nrcc_scale.evaluation.clusters_output import write_run_clusters
+    from nrcc_scale.evaluation.gallery import write_galleries
+
+    main = result.main
+    if main.reduced is None or main.modes is None:
+        return {}
+    files = write_run_clusters(out_dir, source, emb.indices, emb.features, main.reduced, main.predicted, main.modes)
+    if plots:
+        files.update(write_galleries(out_dir, source, emb.indices, main.predicted, main.reduced, main.modes,
+                                     emb.labels, getattr(source, "class_names", None)))
+    return files
 
 
 def probe_scores(train: Embeddings, test: Embeddings, num_classes: int, ecfg: EvalConfig,
@@ -139,6 +166,8 @@ def probe_scores(train: Embeddings, test: Embeddings, num_classes: int, ecfg: Ev
 
 
 def probe_rows(probes: dict[str, float], ecfg: EvalConfig) -> dict[str, float]:
+    if "knn_acc" not in probes:
+        return {}
     rows = {f"kNN accuracy (k = {ecfg.knn_k})": probes["knn_acc"]}
     if "linear_acc" in probes:
         rows["linear probe top-1"] = probes["linear_acc"]
@@ -149,10 +178,14 @@ def evaluate_arrays(features: np.ndarray, labels: np.ndarray, out_dir: Path, ecf
                     title: str = "embeddings: UMAP + GridShift") -> tuple[dict[str, Any], str]:
     """The clustering evaluation of any embedding matrix (no model, no images: no raw-pixel baseline)."""
     started = time.perf_counter()
-    num_classes = len(np.unique(labels))
+    num_classes = len(np.unique(labels[labels >= 0]))
     result = evaluate_embeddings(features, labels, num_classes, ecfg)
     metrics = result.to_metrics()
     metrics["evaluation_seconds"] = round(time.perf_counter() - started, 2)
     metrics["files"] = write_report(out_dir, result, labels, metrics, [], title, ecfg.plots)
+    emb = Embeddings(features, labels, np.arange(len(features)))
+    metrics["files"].update(write_cluster_outputs(out_dir, result, emb, None, ecfg.plots))
+    table = format_table(result)
     atomic_write_json(out_dir / "metrics.json", metrics)
-    return metrics, format_table(result)
+    write_html_report(out_dir, metrics, table, title)
+    return metrics, table

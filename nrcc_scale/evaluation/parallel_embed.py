@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,9 +93,11 @@ def merge_shards(paths: list[Path], n: int) -> Embeddings:
 
 
 def embed_with_ray(checkpoint: Path, num_samples: int, out_dir: Path, num_shards: int, batch_size: int = 512,
-                   gpus_per_task: float | None = None) -> Embeddings:
-    """Run :func:`embed_shard` as Ray tasks (Ray must be initialised) and merge the shards.
-    ``gpus_per_task``: None = :func:`gpu_share` of the cluster's GPUs (0 on a CPU cluster)."""
+                   gpus_per_task: float | None = None, task: Any = embed_shard,
+                   task_kwargs: dict[str, Any] | None = None) -> Embeddings:
+    """Run :func:`embed_shard` (or ``task``, same positional arguments plus ``use_gpu`` and ``task_kwargs``:
+    e.g. the images of ``python -m nrcc_scale.assign``) as Ray tasks (Ray must be initialised) and merge the
+    shards. ``gpus_per_task``: None = :func:`gpu_share` of the cluster's GPUs (0 on a CPU cluster)."""
     import ray
     from tqdm.auto import tqdm
 
@@ -105,10 +108,10 @@ def embed_with_ray(checkpoint: Path, num_samples: int, out_dir: Path, num_shards
     use_gpu = gpus_per_task > 0
     log.info("stage embed: backend %s (Ray tasks with %s GPU each)", "torch-cuda" if use_gpu else "torch-cpu",
              f"{gpus_per_task:g}")
-    remote = ray.remote(num_cpus=1, num_gpus=gpus_per_task)(embed_shard)
+    remote = ray.remote(num_cpus=1, num_gpus=gpus_per_task)(task)
     bounds = shard_bounds(num_samples, num_shards)
     paths = [shard_dir / f"shard_{k:05d}_{a}_{b}.npz" for k, (a, b) in enumerate(bounds)]
-    pending = [remote.remote(str(checkpoint), a, b, str(p), batch_size, use_gpu)
+    pending = [remote.remote(str(checkpoint), a, b, str(p), batch_size, use_gpu=use_gpu, **(task_kwargs or {}))
                for (a, b), p in zip(bounds, paths, strict=True) if not p.is_file()]
     with tqdm(total=len(bounds), desc="embed (Ray)", initial=len(bounds) - len(pending)) as bar:
         while pending:

@@ -32,6 +32,7 @@ class ClusteringOutcome:
     bandwidth: float | None = None
     backends: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    modes: np.ndarray | None = None  # GridShift's cluster centres in the reduced space, row c = cluster c
 
     def summary(self) -> dict[str, Any]:
         out = dict(self.scores)
@@ -55,7 +56,17 @@ def cluster_size_spread(predicted: np.ndarray) -> dict[str, float]:
             "singleton_clusters": int((sizes == 1).sum())}
 
 
-def reduce_and_gridshift(features: np.ndarray, labels: np.ndarray, cfg: EvalConfig, name: str,
+def _scores(labels: np.ndarray | None, predicted: np.ndarray) -> dict[str, Any]:
+    """Scores against ground truth when every sample has a label; else only what needs none."""
+    from nrcc_scale.evaluation.label_free import has_labels
+
+    scores = clustering_scores(labels, predicted) if has_labels(labels) else \
+        {"num_clusters": int(len(np.unique(predicted)))}
+    scores.update(cluster_size_spread(predicted))
+    return scores
+
+
+def reduce_and_gridshift(features: np.ndarray, labels: np.ndarray | None, cfg: EvalConfig, name: str,
                          metric: str | None = None) -> ClusteringOutcome:
     """kNN graph -> UMAP (or t-SNE) -> GridShift -> scores."""
     from nrcc_scale.cluster.knn import knn_graph
@@ -78,12 +89,12 @@ def reduce_and_gridshift(features: np.ndarray, labels: np.ndarray, cfg: EvalConf
     gridshift = GridShift(bandwidth=cfg.bandwidth, max_iter=cfg.gridshift_max_iter, backend=gs_backend)
     predicted = gridshift.fit_predict(gs_input)
     backends["cluster"], seconds["cluster"] = f"gridshift-{gridshift.backend_}", time.perf_counter() - t0
-    scores = clustering_scores(labels, predicted)
-    scores.update(cluster_size_spread(predicted))
-    log.info("%s: %s clusters (bandwidth %.4g) NMI %.4f ACC %.4f | %s", name, scores["num_clusters"],
-             gridshift.bandwidth_, scores["nmi"], scores["acc"], backends)
+    scores = _scores(labels, predicted)
+    nmi, acc = (f"{scores[k]:.4f}" if k in scores else "-" for k in ("nmi", "acc"))
+    log.info("%s: %s clusters (bandwidth %.4g) NMI %s ACC %s | %s", name, scores["num_clusters"],
+             gridshift.bandwidth_, nmi, acc, backends)
     return ClusteringOutcome(name, scores, predicted, reduced.embedding, float(gridshift.bandwidth_),
-                             backends, seconds)
+                             backends, seconds, modes=np.asarray(gridshift.cluster_centers_))
 
 
 def gridshift_input(reduced: np.ndarray, setting: str) -> tuple[str, Any]:
@@ -134,10 +145,17 @@ class EvaluationResult:
 
 def evaluate_embeddings(features: np.ndarray, labels: np.ndarray, num_classes: int, cfg: EvalConfig,
                         raw_features: np.ndarray | None = None) -> EvaluationResult:
-    """The learned embedding through UMAP + GridShift, and the paper's baselines when configured."""
+    """The learned embedding through UMAP + GridShift, and the paper's baselines when configured. Without
+    labels (all -1) only what needs none runs: no k-means with the true k, no scores against classes."""
+    from nrcc_scale.evaluation.label_free import has_labels, label_free_scores
+
     main = reduce_and_gridshift(features, labels, cfg, "learned: UMAP + GridShift")
     baselines: dict[str, ClusteringOutcome] = {}
-    if cfg.baselines:
+    labelled = has_labels(labels)
+    if cfg.baselines and not labelled and raw_features is not None:
+        baselines["raw_pixels_umap_gridshift"] = reduce_and_gridshift(
+            raw_features, labels, cfg, "raw pixels: UMAP + GridShift", metric="euclidean")
+    if cfg.baselines and labelled:
         baselines["kmeans_true_k"] = kmeans_true_k(features, labels, num_classes, cfg.seed,
                                                    name=f"learned: k-means (k = {num_classes})")
         if raw_features is not None:
@@ -145,5 +163,7 @@ def evaluate_embeddings(features: np.ndarray, labels: np.ndarray, num_classes: i
             baselines["raw_pixels_umap_gridshift"] = reduce_and_gridshift(
                 raw_features, labels, cfg, "raw pixels: UMAP + GridShift", metric="euclidean")
     extra = {"global_std": global_std(features), "embedding_dim": int(features.shape[1]),
-             "num_samples": int(features.shape[0])}
+             "num_samples": int(features.shape[0]), "labelled": labelled}
+    extra.update(label_free_scores(features, main.reduced, main.predicted, main.bandwidth, seed=cfg.seed,
+                                   max_iter=cfg.gridshift_max_iter))
     return EvaluationResult(main, baselines, extra)

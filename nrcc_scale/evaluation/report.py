@@ -21,11 +21,18 @@ def format_table(result: EvaluationResult, extra_rows: dict[str, float] | None =
     lines = [head, "-" * len(head)]
     for r in rows:
         s = r.scores
-        lines.append(f"{r.name:<{width}}{s['nmi']:>8.4f}{s['acc']:>8.4f}{s['ari']:>8.4f}{s['ami']:>8.4f}"
-                     f"{s['num_clusters']:>10d}")
-    lines.append(f"(true classes: {result.main.scores['num_classes']}; GridShift bandwidth "
+        cells = "".join(f"{s[k]:>8.4f}" if k in s else f"{'-':>8}" for k in ("nmi", "acc", "ari", "ami"))
+        lines.append(f"{r.name:<{width}}{cells}{s['num_clusters']:>10d}")
+    classes = result.main.scores.get("num_classes", "none (unlabelled)")
+    lines.append(f"(true classes: {classes}; GridShift bandwidth "
                  f"{result.main.bandwidth:.4g}; global std {result.extra['global_std']:.4f}, "
                  f"1/sqrt(d) = {1 / np.sqrt(result.extra['embedding_dim']):.4f})")
+    if "rankme" in result.extra:
+        from nrcc_scale.evaluation.label_free import format_rows
+
+        lines.extend(format_rows(result.extra))
+    if not result.extra.get("labelled", True):
+        lines.append("no labels: scores against classes, k-means with the true k and the probes are skipped")
     for key, value in (extra_rows or {}).items():
         lines.append(f"{key}: {value:.4f}")
     return "\n".join(lines)
@@ -149,8 +156,12 @@ def curves_plot(history: list[dict[str, Any]], path: Path, embedding_dim: int | 
     import matplotlib.pyplot as plt
 
     panels = [("loss", "training loss"), ("knn_acc", "kNN accuracy"), ("global_std", "global std"),
-              ("monitor_acc", "clustering ACC (UMAP + GridShift)")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+              ("monitor_acc", "clustering ACC (UMAP + GridShift)"),
+              # label-free monitors (nrcc_scale.evaluation.label_free): the curves a run without labels has
+              ("monitor_rankme", "RankMe (effective rank)"), ("monitor_stability", "partition stability (ARI)"),
+              ("monitor_silhouette", "silhouette (UMAP space)"), ("monitor_clusters", "clusters found")]
+    fig, grid = plt.subplots(2, 4, figsize=(4.2 * 4, 3.4 * 2))
+    axes = grid.ravel()
     for ax, (key, name) in zip(axes, panels, strict=True):
         pts = [(h["epoch"], h[key]) for h in history if key in h]
         if pts:
