@@ -101,7 +101,8 @@ def _ray_data_rate(uri: str, count: int, res: int, workers: int) -> tuple[float,
     from nrcc_scale.ray_setup import init_ray
 
     cfg = Config()
-    cfg.data = _cfg(format="ray_data", root=uri, resolution=res)
+    # the default 1000-row shuffle buffer, but at most half the set (the --quick set would fit in it whole)
+    cfg.data = _cfg(format="ray_data", root=uri, resolution=res, shuffle_buffer=min(1000, count // 2))
     cfg.train.seed = SEED
     cfg.method.nrcc.enabled = False  # two views, as the other rows
     started = time.perf_counter()
