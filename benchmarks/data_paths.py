@@ -1,5 +1,6 @@
 """Where the training images come from: local FFCV, FFCV staged from object storage, Parquet shards streamed
-from object storage (``data.format: ray_data``), and the plain image-folder loader, side by side.
+from object storage (``data.format: parquet`` and ``data.format: ray_data``), and the plain image-folder
+loader, side by side.
 
     python benchmarks/data_paths.py [--quick] [--json docs/benchmarks/data_paths.json] [--workers N]
 
@@ -18,9 +19,16 @@ Paths (one training process, ``--workers`` decoding workers where the path has t
 * ``ffcv staged`` - the same .beton uploaded to an S3-compatible server on loopback (moto), staged into a
   cache folder by :func:`nrcc_scale.data.staging.stage` (the time to stage is its own column), then read by
   FFCV from the staged copy;
-* ``ray_data s3`` - Parquet shards (JPEG bytes) on the same loopback server, streamed by
-  ``RayDataTrainLoader`` (pyarrow reads two shard files ahead in a thread; the training process decodes each
+* ``parquet s3`` - Parquet shards (JPEG bytes) on the same loopback server, streamed by
+  ``ParquetTrainLoader`` (pyarrow reads two shard files ahead in a thread; the training process decodes each
   image once and cuts both views, single-threaded). Writing the shards is the one-off column.
+* ``ray_data s3`` - the same shards through Ray Data, as ``data.format: ray_data`` builds them
+  (``read_parquet`` with a seeded file shuffle -> ``map_batches(decode_views)``), consumed by
+  ``RayDataTrainLoader`` with its seeded local shuffle buffer; the read/decode/crop tasks run in a local Ray
+  with ``--workers`` CPUs (started outside the timing; its start-up is the one-off column). Without Ray Train
+  (one consumer, so no ``streaming_split``). Timed over a second epoch from its first request, start-up of
+  the epoch's execution included (the other rows skip two warm-up batches; during those Ray Data would have
+  prefetched most of a small set, which measures nothing), so on small sets this row is a lower bound.
 
 The loopback server is moto, a Python server: its throughput is far below S3's, so the staging MB/s and the
 streaming rate are lower bounds for those paths; the ratios between FFCV local and staged show that once
@@ -83,6 +91,43 @@ def _row(path: str, rate: float, images: int, one_off: float | None, one_off_wha
             "note": note}
 
 
+def _ray_data_rate(uri: str, count: int, res: int, workers: int) -> tuple[float, int, float, float, float]:
+    """(images/s, images, seconds to start Ray, seconds to the epoch's first batch, images/s after it) of
+    ``data.format: ray_data``'s pipeline on ``workers`` CPUs."""
+    import ray
+
+    from nrcc_scale.config import Config, RayConfig
+    from nrcc_scale.data.ray_data_loader import RayDataTrainLoader, build_train_dataset
+    from nrcc_scale.ray_setup import init_ray
+
+    cfg = Config()
+    # the default 1000-row shuffle buffer, but at most half the set (the --quick set would fit in it whole)
+    cfg.data = _cfg(format="ray_data", root=uri, resolution=res, shuffle_buffer=min(1000, count // 2))
+    cfg.train.seed = SEED
+    cfg.method.nrcc.enabled = False  # two views, as the other rows
+    started = time.perf_counter()
+    init_ray(RayConfig(num_cpus=workers))
+    ray_s = time.perf_counter() - started
+    try:
+        loader = RayDataTrainLoader(cfg.data, count, 2, BATCH, 0, 1, SEED, shard=build_train_dataset(cfg))
+        for _ in loader:  # epoch 0, untimed: Ray's worker processes start and import torch/pyarrow
+            pass
+        # epoch 1 timed from its first request: Ray Data prefetches the whole of a small set during the other
+        # rows' two warm-up batches, so its start-up per epoch is part of the cost here
+        loader.set_epoch(1)
+        started, n, first = time.perf_counter(), 0, None
+        for views, _labels, _index in loader:
+            n += views.shape[0]
+            if first is None:
+                first = (time.perf_counter() - started, n)
+        elapsed = time.perf_counter() - started
+        rate = n / elapsed
+        after_first = (n - first[1]) / max(elapsed - first[0], 1e-9)
+    finally:
+        ray.shutdown()
+    return rate, n, ray_s, first[0], after_first
+
+
 def main() -> int:
     args = parse_args(__doc__.split("\n")[0], _add)
     import logging
@@ -135,8 +180,8 @@ def main() -> int:
             notes.append("ffcv is not importable here: the FFCV rows are missing")
 
         if server is not None:
+            from nrcc_scale.data.parquet_loader import ParquetTrainLoader
             from nrcc_scale.data.parquet_shards import ParquetSource, write_shards
-            from nrcc_scale.data.ray_data_loader import RayDataTrainLoader
 
             uri = f"{bucket}/shards-{side}-{count}"
             started = time.perf_counter()
@@ -144,11 +189,19 @@ def main() -> int:
                          log=lambda m: None)
             shard_s = time.perf_counter() - started
             parquet = ParquetSource(uri)
-            loader = RayDataTrainLoader(_cfg(format="ray_data", root=uri), parquet, res, 2, BATCH)
+            loader = ParquetTrainLoader(_cfg(format="parquet", root=uri), parquet, res, 2, BATCH)
             rate, n = time_batches(loader, epoch=0)
-            rows.append(_row("ray_data parquet on s3 (loopback)", rate, n, shard_s, "write shards",
+            rows.append(_row("parquet on s3 (loopback)", rate, n, shard_s, "write shards",
                              "pyarrow reads ahead; decode + crops in the training process (1 thread)"))
-            print(f"  ray_data: {rate:.0f} img/s", flush=True)
+            print(f"  parquet: {rate:.0f} img/s", flush=True)
+            rate, n, ray_s, first_s, after = _ray_data_rate(uri, len(parquet), res, args.workers)
+            rows.append(_row("ray_data on s3 (loopback)", rate, n, ray_s, "start Ray",
+                             f"Ray Data read + decode + crops in tasks on {args.workers} CPU(s); 2nd epoch incl. "
+                             f"{first_s:.1f} s to its first batch, {after:.0f} img/s after it"))
+            print(f"  ray_data: {rate:.0f} img/s (Ray start {ray_s:.1f} s)", flush=True)
+            notes.append("ray_data is timed over a whole epoch from its first request: each epoch is a new Ray Data "
+                         "execution (task scheduling, a worker process per task); on a small set that start-up "
+                         "dominates, and its tasks share this machine's cores with the consumer")
     finally:
         if server is not None:
             server.stop()

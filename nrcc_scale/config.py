@@ -74,6 +74,9 @@ class AugmentConfig:
     solarize_p: float = 0.0
 
 
+#: data.format values that read Parquet shards at data.root (python -m nrcc_scale.data shard)
+SHARD_FORMATS = ("parquet", "ray_data")
+
 @dataclass
 class DataConfig:
     dataset: str = "digits"
@@ -81,7 +84,10 @@ class DataConfig:
     resolution: int = 16  # training resolution in pixels (digits: 8 px upsampled); 0 = the data set's own
     loader: str = "auto"  # auto (ffcv when a .beton is given and ffcv imports) | torchvision | ffcv
     beton: str = ""  # FFCV .beton from `python -m nrcc_scale.data prepare`: a path, or s3:// gs:// abfs:// file://
-    format: str = "auto"  # auto (the data set's own files / data.beton) | ray_data (Parquet shards at data.root)
+    # auto (the data set's own files / data.beton) | parquet (Parquet shards at data.root, deterministic reader)
+    # | ray_data (the same shards streamed by Ray Data: read + decode + crops in Ray Data tasks)
+    format: str = "auto"
+    shuffle_buffer: int = 1000  # ray_data: rows in each worker's seeded local shuffle buffer (0: none)
     cache_dir: str = ""  # node-local folder for staged remote files ("": $NRCC_CACHE_DIR or ~/.cache/nrcc_scale)
     cache_max_gb: float = 200.0  # evict least recently used staged files beyond this (0: no limit)
     loader_workers: int = 0  # data-loading processes per training worker
@@ -226,6 +232,9 @@ class EvalConfig:
 class RayConfig:
     address: str = ""  # "" = connect to RAY_ADDRESS if set (ray job), else start a local Ray on loopback
     num_cpus: int | None = None  # for a local Ray; None = all cores
+    # data.format=ray_data and a local Ray: extra logical CPUs for Ray Data's read/decode tasks, which
+    # would otherwise wait forever behind training workers that hold every CPU
+    data_cpus: int = 2
 
 
 @dataclass
@@ -463,10 +472,12 @@ def validate_config(cfg: Config) -> None:
     _choice("data.dataset", d.dataset, DATASETS)
     _choice("data.loader", d.loader, ("auto", "torchvision", "ffcv"))
     _choice("data.on_bad_file", d.on_bad_file, ("fail", "skip"))
-    _choice("data.format", d.format, ("auto", "ray_data"))
+    _choice("data.format", d.format, ("auto", "parquet", "ray_data"))
     _range("data.cache_max_gb", d.cache_max_gb, 0.0)
-    if d.format == "ray_data" and not d.root:
-        raise ConfigError("data.root is empty: data.format = 'ray_data' needs the Parquet shards' location "
+    _range("data.shuffle_buffer", d.shuffle_buffer, 0)
+    _range("ray.data_cpus", cfg.ray.data_cpus, 0)
+    if d.format in SHARD_FORMATS and not d.root:
+        raise ConfigError(f"data.root is empty: data.format = {d.format!r} needs the Parquet shards' location "
                           "(written by `python -m nrcc_scale.data shard --out URI`)")
     _choice("data.verify_files", d.verify_files, ("auto", "none", "header", "decode"))
     _choice("data.labels", d.labels, ("auto", "none"))

@@ -42,9 +42,16 @@ def use_loopback() -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
-def init_ray(cfg: RayConfig) -> str:
+def init_ray(cfg: RayConfig, data_cpus: int = 0) -> str:
     """Join the cluster named by ``ray.address`` or ``RAY_ADDRESS`` (as ``ray job submit`` sets), else start
-    a local one on loopback. Returns a line saying which."""
+    a local one on loopback. Returns a line saying which.
+
+    ``data_cpus``: extra logical CPUs for a local Ray, beyond ``cfg.num_cpus`` (or the cores), for Ray Data's
+    read and decode tasks (``data.format: ray_data``). Training workers reserve their CPUs for the whole run;
+    Ray Data tasks need a free CPU to be scheduled, so without these a run whose workers take every core
+    waits forever. They oversubscribe the cores (the OS shares them), which is what a data pipeline feeding
+    the same cores needs. A joined cluster is used as it is: its nodes must have CPUs left over
+    (``ray_data_loader.check_data_cpus`` says so before the workers start)."""
     import ray
 
     if ray.is_initialized():
@@ -55,13 +62,17 @@ def init_ray(cfg: RayConfig) -> str:
         ray.init(address=address, **quiet)
         return f"joined the Ray cluster at {address}"
     use_loopback()
-    info = ray.init(num_cpus=cfg.num_cpus, include_dashboard=True, dashboard_host=LOOPBACK,
+    num_cpus = cfg.num_cpus
+    if data_cpus:
+        num_cpus = (num_cpus or os.cpu_count() or 1) + data_cpus
+    info = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK,
                     _node_ip_address=LOOPBACK, **quiet)
     dashboard = getattr(info, "dashboard_url", "") or ""
     cpus = ray.cluster_resources().get("CPU", 0)
     auth = os.environ.get("RAY_AUTH_MODE", "")
     auth_note = "token auth on" if auth == "token" else f"WARNING: token auth off (RAY_AUTH_MODE={auth})"
-    return f"started a local Ray on {LOOPBACK} ({cpus:.0f} CPUs" + (
+    extra = f" incl. {data_cpus} for Ray Data" if data_cpus else ""
+    return f"started a local Ray on {LOOPBACK} ({cpus:.0f} CPUs{extra}" + (
         f", dashboard http://{dashboard}" if dashboard else "") + f", {auth_note})"
 
 

@@ -77,15 +77,23 @@ def build_trainer(cfg: Config, storage: str, run_dir: Path, callbacks: Sequence[
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from nrcc_scale.data.ray_data_loader import train_data_config
     from nrcc_scale.ray_setup import cluster_has_gpus
 
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else cluster_has_gpus()
+    datasets: dict[str, Any] = {}
+    if cfg.data.format == "ray_data":  # Ray Data streams the shards to the workers (data/ray_data_loader.py)
+        from nrcc_scale.data.ray_data_loader import build_train_dataset, check_data_cpus, resume_epoch
+
+        check_data_cpus(cfg)
+        datasets = {"train": build_train_dataset(cfg, start_epoch=resume_epoch(storage, cfg.name))}
     if cfg.model.sync_bn and cfg.train.num_workers > 1 and not use_gpu:  # before any worker starts
         raise ConfigError("model.sync_bn = true needs GPU workers (SyncBatchNorm runs on CUDA only), but this "
                           "run trains on CPUs; set model.sync_bn=false or train.use_gpu=true on a GPU cluster")
     return TorchTrainer(
         ray_train_loop,
         train_loop_config={"config": cfg.to_dict(), "run_dir": None if is_uri(storage) else str(run_dir)},
+        **({"datasets": datasets, "dataset_config": train_data_config()} if datasets else {}),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=ray.train.RunConfig(
@@ -110,7 +118,13 @@ def fit_trainer(trainer: Any, storage: str, name: str) -> Path:
     """Run ``trainer.fit()``; return a local folder holding the final checkpoint."""
     from nrcc_scale.data.preflight import find_data_error
 
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as err:  # Ray Train V2 raises the workers' errors from fit(): a DataError -> one line
+        data_error = find_data_error(err)
+        if data_error is not None:
+            raise data_error from None
+        raise
     if result.error is not None:
         data_error = find_data_error(result.error)
         raise data_error if data_error is not None else result.error
@@ -130,7 +144,7 @@ def train_with_ray(cfg: Config, storage: str, run_dir: Path) -> Path:
     """Fit a TorchTrainer; return a local folder holding the final checkpoint."""
     from nrcc_scale.ray_setup import init_ray
 
-    print(init_ray(cfg.ray), flush=True)
+    print(init_ray(cfg.ray, data_cpus=cfg.ray.data_cpus if cfg.data.format == "ray_data" else 0), flush=True)
     note = earlier_run_note(storage, cfg.name)
     if note:
         print(note, flush=True)
@@ -170,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
+    if args.no_ray and cfg.data.format == "ray_data":
+        raise ConfigError("data.format = 'ray_data' streams through Ray Data into Ray Train workers; drop "
+                          "--no-ray, or use data.format=parquet (the same shards read in this process)")
     cfg.name = cfg.name or cfg.default_name()
     storage, run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)

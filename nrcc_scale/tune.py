@@ -527,7 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from nrcc_scale.ray_setup import init_ray
 
-    print(init_ray(sweep.base.ray), flush=True)
+    data_cpus = sweep.base.ray.data_cpus if sweep.base.data.format == "ray_data" else 0
+    print(init_ray(sweep.base.ray, data_cpus=data_cpus), flush=True)
     restore = tune.Tuner.can_restore(str(sweep.path))
     if restore:
         _note_changed_sweep(sweep)

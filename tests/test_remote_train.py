@@ -3,7 +3,9 @@
 * ``python -m nrcc_scale.train data.beton=s3://...`` with 2 Ray workers stages the ``.beton`` once on the
   node (one worker copies, the other waits on the lock and uses the copy), trains and evaluates; a second
   variant kills a staging copy first and checks that the next run completes it and trains.
-* ``data.format=ray_data`` on Parquet shards on the server trains and evaluates (2 Ray workers).
+* ``data.format=ray_data`` (Ray Data) and ``data.format=parquet`` (the deterministic reader) on Parquet shards
+  on the server train and evaluate (2 Ray workers; for ray_data on a 2-core machine, which is the case where
+  Ray Data's tasks used to wait forever behind the training workers).
 * A missing ``.beton`` (path and URI) and a corrupt image under ``on_bad_file=fail`` end the Ray run and the
   in-process run with exactly one error line naming the file, exit status 2 and no traceback.
 """
@@ -107,17 +109,21 @@ def test_a_killed_staging_is_completed_by_the_next_run_which_trains(s3_server, t
     assert (entry_dir(cache, uri) / "train.beton").read_bytes() == beton.read_bytes()
 
 
-def test_train_with_ray_data_from_parquet_shards_on_s3(s3_server, tmp_path) -> None:
+@pytest.mark.parametrize("fmt", ["ray_data", "parquet"])
+def test_train_from_parquet_shards_on_s3(s3_server, tmp_path, fmt) -> None:
     uri = f"s3://{s3_server.new_bucket()}/digits-shards"
     made = subprocess.run([sys.executable, "-m", "nrcc_scale.data", "shard", "--dataset", "digits", "--out", uri,
                            "--rows-per-file", "400", "--no-progress"], cwd=REPO, env=_env(), capture_output=True,
                           text=True, timeout=300)
     assert made.returncode == 0, made.stderr[-3000:]
-    proc = _train([*SMALL, f"storage_path={tmp_path / 'runs'}", "name=shards", "data.format=ray_data",
-                   f"data.root={uri}"])
+    proc = _train([*SMALL, f"storage_path={tmp_path / 'runs'}", "name=shards", f"data.format={fmt}",
+                   f"data.root={uri}", "train.num_workers=2", "train.cpus_per_worker=1", "ray.num_cpus=2"],
+                  timeout=480)
     metrics = _check_trained(proc, tmp_path / "runs" / "shards")
     assert metrics["num_samples"] == 1797
     assert "2 worker(s)" in proc.stdout + proc.stderr
+    if fmt == "ray_data":  # 2 CPUs for the 2 workers + ray.data_cpus (2) for Ray Data's tasks
+        assert "(4 CPUs incl. 2 for Ray Data" in proc.stdout
 
 
 def _corrupt_folder(root: Path) -> Path:

@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(func=cmd_prepare)
 
-    sh = sub.add_parser("shard", help="write Parquet shards (JPEG + label + index) for data.format=ray_data")
+    sh = sub.add_parser("shard", help="write Parquet shards (JPEG + label + index) for data.format=ray_data or parquet")
     _add_data_args(sh)
     sh.add_argument("--out", required=True, help="destination folder or URI (s3://, gs://, abfs://, file://)")
     sh.add_argument("--split", choices=SPLITS, default="all",

@@ -52,10 +52,14 @@ def use_ffcv(cfg: DataConfig) -> bool:
 def build_train_loader(cfg: DataConfig, source: ImageSource, resolution: int, num_views: int, batch_size: int,
                        rank: int, world_size: int, seed: int, device: torch.device) -> TrainLoader:
     aug = cfg.augment
-    if cfg.format == "ray_data":
+    if cfg.format == "parquet":
+        from nrcc_scale.data.parquet_loader import ParquetTrainLoader
+
+        return ParquetTrainLoader(cfg, source, resolution, num_views, batch_size, rank, world_size, seed)
+    if cfg.format == "ray_data":  # decoding and crops run in Ray Data tasks (built by the driver)
         from nrcc_scale.data.ray_data_loader import RayDataTrainLoader
 
-        return RayDataTrainLoader(cfg, source, resolution, num_views, batch_size, rank, world_size, seed)
+        return RayDataTrainLoader(cfg, len(source), num_views, batch_size, rank, world_size, seed)
     if use_ffcv(cfg):
         from nrcc_scale.data.ffcv_loader import FFCVTrainLoader
         from nrcc_scale.data.staging import stage_for_loader

@@ -11,7 +11,8 @@ manifest is written last: a reader that finds the manifest finds every shard it 
 
 :class:`ParquetSource` is the :class:`~nrcc_scale.data.base.ImageSource` over the shards (labels from the
 ``label`` columns, images decoded on demand, one shard cached), used for evaluation and by the driver's
-check; training streams the shards with :mod:`nrcc_scale.data.ray_data_loader`.
+check; training streams the shards with :mod:`nrcc_scale.data.ray_data_loader` (``data.format: ray_data``) or
+:mod:`nrcc_scale.data.parquet_loader` (``data.format: parquet``).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def write_shards(source: ImageSource, uri: str, rows_per_file: int = 1000, quali
         with open(local, "w") as fh:
             json.dump(manifest, fh, indent=1)
         remote_fs.upload_file(local, remote_fs.join(uri, MANIFEST))
-    log(f"wrote {n} images in {len(files)} Parquet shard(s) to {uri}; train with data.format=ray_data "
+    log(f"wrote {n} images in {len(files)} Parquet shard(s) to {uri}; train with data.format=ray_data (or parquet) "
         f"data.root={uri}")
     return read_manifest(uri)
 

@@ -5,14 +5,14 @@ once, and a Ray run prints one traceback per worker plus the driver's. The drive
 
 * ``data.beton``: a remote object exists and the credentials may read it (one HEAD request); a local file
   exists and is an FFCV file with the fields the loader needs (when ffcv imports);
-* ``data.format: ray_data``: the shards' manifest is there and names readable shards;
+* ``data.format: parquet`` / ``ray_data``: the shards' manifest is there and names readable shards;
 * the data set itself: :func:`nrcc_scale.data.registry.build_data`, which builds the folder index (and
   applies ``on_bad_file`` to the files it checks) exactly as the workers will.
 """
 
 from __future__ import annotations
 
-from nrcc_scale.config import Config
+from nrcc_scale.config import SHARD_FORMATS, Config
 from nrcc_scale.data.base import DataError
 from nrcc_scale.utils import remote_fs
 
@@ -44,9 +44,9 @@ def check_beton(beton: str) -> None:
 def check_data_source(cfg: Config) -> None:
     """Raise a one-line DataError if the run's data cannot be read (see the module docstring)."""
     d = cfg.data
-    if d.beton and d.loader != "torchvision" and d.format != "ray_data":
+    if d.beton and d.loader != "torchvision" and d.format not in SHARD_FORMATS:
         check_beton(d.beton)
-    if d.format == "ray_data":
+    if d.format in SHARD_FORMATS:
         from nrcc_scale.data.parquet_shards import read_manifest
 
         read_manifest(d.root)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from nrcc_scale.config import DataConfig
+from nrcc_scale.config import SHARD_FORMATS, DataConfig
 from nrcc_scale.data.base import DataBundle, ImageSource, SubsetSource, stratified_holdout
 from nrcc_scale.data.digits import load_digits_source
 
@@ -30,7 +30,7 @@ BUILDERS: dict[str, Callable[[DataConfig, int], DataBundle]] = {"digits": _digit
 
 
 def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
-    if cfg.format == "ray_data":  # Parquet shards at data.root (python -m nrcc_scale.data shard)
+    if cfg.format in SHARD_FORMATS:  # Parquet shards at data.root (python -m nrcc_scale.data shard)
         from nrcc_scale.data.parquet_shards import parquet_bundle
 
         return parquet_bundle(cfg.root, cfg.on_bad_file, cfg.holdout_fraction, seed)

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from nrcc_scale.config import SHARD_FORMATS
 from nrcc_scale.data.base import DataError
 from nrcc_scale.utils import remote_fs
 from nrcc_scale.utils.files import atomic_write_json
@@ -257,7 +258,7 @@ def stage_archive(uri: str, cache_dir: str | os.PathLike[str] = "", max_bytes: i
     if not uri.endswith(ARCHIVE_SUFFIXES):
         raise DataError(f"data.root = {uri}: a remote folder must be one archive ({', '.join(ARCHIVE_SUFFIXES)}); "
                         f"pack it with `tar -cf NAME.tar -C DIR .`, or write Parquet shards "
-                        f"(`python -m nrcc_scale.data shard`) and train with data.format=ray_data")
+                        f"(`python -m nrcc_scale.data shard`) and train with data.format=ray_data (or parquet)")
     staged = stage(uri, cache_dir, 0, log=log)
     entry = staged.path.parent
     unpacked, marker = entry / "unpacked", entry / "unpacked.json"
@@ -295,7 +296,7 @@ def stage_root_for_build(cfg):
     """``cfg`` (a DataConfig) with a remote ``root`` archive replaced by this node's unpacked copy."""
     import dataclasses
 
-    if cfg.format == "ray_data" or not cfg.root or not remote_fs.is_remote(cfg.root):
+    if cfg.format in SHARD_FORMATS or not cfg.root or not remote_fs.is_remote(cfg.root):
         return cfg
     root = stage_archive(cfg.root, cfg.cache_dir, int(cfg.cache_max_gb * 1e9), log=_emit)
     return dataclasses.replace(cfg, root=str(root))

@@ -1,4 +1,4 @@
-"""Parquet shards and the streaming (data.format=ray_data) loader: exactly once per epoch, resume, on_bad_file."""
+"""Parquet shards and the streaming (data.format=parquet) loader: exactly once per epoch, resume, on_bad_file."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 from nrcc_scale.config import DataConfig
 from nrcc_scale.data.augment import SpatialAugment
 from nrcc_scale.data.base import ArraySource, DataError
+from nrcc_scale.data.parquet_loader import ParquetTrainLoader, epoch_indices, epoch_plan
 from nrcc_scale.data.parquet_shards import ParquetSource, read_manifest, write_shards
-from nrcc_scale.data.ray_data_loader import RayDataTrainLoader, epoch_indices, epoch_plan
 from nrcc_scale.data.registry import build_data
 
 s3_server = s3f.s3_server
@@ -64,7 +64,7 @@ def test_shards_round_trip_and_source_reads_them(tmp_path) -> None:
 
 def test_missing_shards_are_one_line_naming_the_location(tmp_path) -> None:
     with pytest.raises(DataError, match="_manifest.json not found") as err:
-        build_data(DataConfig(format="ray_data", root=str(tmp_path / "none")))
+        build_data(DataConfig(format="parquet", root=str(tmp_path / "none")))
     assert "\n" not in str(err.value)
 
 
@@ -77,13 +77,13 @@ def _corrupt(folder, file_name: str, row: int) -> None:
 
 
 @pytest.mark.slow
-def test_ray_data_loader_exactly_once_resume_and_bad_files(s3_server, tmp_path) -> None:
+def test_parquet_loader_exactly_once_resume_and_bad_files(s3_server, tmp_path) -> None:
     src = _source()
     uri = f"s3://{s3_server.new_bucket()}/toy-shards"
     write_shards(src, uri, rows_per_file=64, progress=False, log=lambda m: None)
-    cfg = DataConfig(format="ray_data", root=uri)
+    cfg = DataConfig(format="parquet", root=uri)
     source = ParquetSource(uri)
-    loaders = [RayDataTrainLoader(cfg, source, 16, 2, batch_size=10, rank=r, world_size=2, seed=3) for r in (0, 1)]
+    loaders = [ParquetTrainLoader(cfg, source, 16, 2, batch_size=10, rank=r, world_size=2, seed=3) for r in (0, 1)]
     assert len(loaders[0]) == (203 // 2) // 10
     seen = []
     for loader in loaders:
@@ -106,7 +106,7 @@ def test_ray_data_loader_exactly_once_resume_and_bad_files(s3_server, tmp_path) 
     assert len(np.unique(np.concatenate(shares))) == 2 * (203 // 2)
 
     # resume: a fresh loader (a restarted worker) at epoch 2 continues with epoch 2's order
-    fresh = RayDataTrainLoader(cfg, source, 16, 2, batch_size=10, rank=0, world_size=2, seed=3)
+    fresh = ParquetTrainLoader(cfg, source, 16, 2, batch_size=10, rank=0, world_size=2, seed=3)
     fresh.set_epoch(2)
     idx2 = torch.cat([b[2] for b in fresh]).numpy()
     assert np.array_equal(idx2, epoch_indices(source.manifest, 0, 2, 3, 2)[:100])
@@ -115,12 +115,12 @@ def test_ray_data_loader_exactly_once_resume_and_bad_files(s3_server, tmp_path) 
     # corrupt image bytes: fail names the shard and the sample; skip keeps the batch count and warns
     local = tmp_path / "shards"
     write_shards(src, str(local), rows_per_file=64, progress=False, log=lambda m: None)
-    loader = RayDataTrainLoader(DataConfig(format="ray_data", root=str(local)), None, 16, 2, 10, 0, 2, 3)
+    loader = ParquetTrainLoader(DataConfig(format="parquet", root=str(local)), None, 16, 2, 10, 0, 2, 3)
     bad = int(loader.epoch_indices(0)[3])  # a sample rank 0 visits in epoch 0
     _corrupt(local, f"part-{bad // 64:05d}.parquet", bad % 64)
     with pytest.raises(DataError, match=rf"part-{bad // 64:05d}\.parquet: sample {bad} holds corrupt image bytes"):
         list(loader)
-    skip = RayDataTrainLoader(DataConfig(format="ray_data", root=str(local), on_bad_file="skip"), None, 16, 2, 10,
+    skip = ParquetTrainLoader(DataConfig(format="parquet", root=str(local), on_bad_file="skip"), None, 16, 2, 10,
                               0, 2, 3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
