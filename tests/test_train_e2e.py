@@ -42,8 +42,11 @@ def _check_run(stdout: str, run_dir: Path, ray_layout: bool) -> dict:
         assert key in metrics, key
         assert metrics[key] == metrics[key]  # not NaN
     assert 0.0 <= metrics["nmi"] <= 1.0 and metrics["num_clusters"] >= 1
-    assert set(metrics["baselines"]) == {"kmeans_true_k", "raw_pixels_umap_gridshift"}
+    assert set(metrics["baselines"]) == {"kmeans_true_k", "raw_pixels_umap_gridshift", "umap_hdbscan"}
     assert metrics["baselines"]["kmeans_true_k"]["num_clusters"] == 10
+    hdbscan = metrics["baselines"]["umap_hdbscan"]  # the peer UMAP's documentation recommends, every run
+    assert 0.0 <= hdbscan["noise_fraction"] <= 1.0 and hdbscan["num_clusters"] >= 1
+    assert "learned: UMAP + HDBSCAN" in stdout
     assert metrics["epochs"] == 2 and metrics["num_samples"] == 1797
     assert "knn_acc" in metrics and "global_std" in metrics
     assert (run_dir / "umap_scatter.png").stat().st_size > 10_000
