@@ -130,7 +130,11 @@ def test_tune_sweep_ranks_an_unlabelled_folder_by_rankme(unlabelled_run: dict, t
     assert proc.returncode == 0, out[-5000:]
     with (tmp_path / "label_free" / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 2 and all(float(r["rankme"]) >= 1.0 for r in rows), rows
+    # ASHA may stop the weaker trial after its grace epoch (it compares monitor_rankme); a finished trial
+    # carries the final label-free score
+    assert len(rows) == 2 and {r["status"] for r in rows} <= {"done", "stopped early"}, rows
+    finished = [r for r in rows if r["status"] == "done"]
+    assert finished and all(float(r["rankme"]) >= 1.0 for r in finished), rows
     assert "nmi" not in rows[0] or all(r["nmi"] == "" for r in rows)
     assert "best trial" in out and "rankme" in out
     # a labelled metric on unlabelled data is refused before anything runs
