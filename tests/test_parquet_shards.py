@@ -5,11 +5,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3_fixtures as s3f
 import torch
+from shard_helpers import corrupt_shard_row
 
 from nrcc_scale.config import DataConfig
 from nrcc_scale.data.augment import SpatialAugment
@@ -68,14 +68,6 @@ def test_missing_shards_are_one_line_naming_the_location(tmp_path) -> None:
     assert "\n" not in str(err.value)
 
 
-def _corrupt(folder, file_name: str, row: int) -> None:
-    path = folder / file_name
-    table = pq.read_table(path)
-    images = table.column("image").to_pylist()
-    images[row] = b"\xff\xd8\xff\xe0 this is not a jpeg"
-    pq.write_table(table.set_column(2, "image", pa.array(images, pa.binary())), path)
-
-
 @pytest.mark.slow
 def test_parquet_loader_exactly_once_resume_and_bad_files(s3_server, tmp_path) -> None:
     src = _source()
@@ -117,7 +109,7 @@ def test_parquet_loader_exactly_once_resume_and_bad_files(s3_server, tmp_path) -
     write_shards(src, str(local), rows_per_file=64, progress=False, log=lambda m: None)
     loader = ParquetTrainLoader(DataConfig(format="parquet", root=str(local)), None, 16, 2, 10, 0, 2, 3)
     bad = int(loader.epoch_indices(0)[3])  # a sample rank 0 visits in epoch 0
-    _corrupt(local, f"part-{bad // 64:05d}.parquet", bad % 64)
+    corrupt_shard_row(local / f"part-{bad // 64:05d}.parquet", bad % 64)
     with pytest.raises(DataError, match=rf"part-{bad // 64:05d}\.parquet: sample {bad} holds corrupt image bytes"):
         list(loader)
     skip = ParquetTrainLoader(DataConfig(format="parquet", root=str(local), on_bad_file="skip"), None, 16, 2, 10,

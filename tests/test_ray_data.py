@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from shard_helpers import corrupt_shard_row
 
 from nrcc_scale.config import Config, ConfigError, load_config
 from nrcc_scale.data.augment import SpatialAugment
@@ -173,14 +173,6 @@ def test_ray_data_exactly_once_per_epoch_new_order_each_epoch_and_resume_seeds(l
     assert checked > 0
 
 
-def _corrupt(folder: Path, k: int, row: int) -> None:
-    path = folder / f"part-{k:05d}.parquet"
-    table = pq.read_table(path)
-    images = table.column("image").to_pylist()
-    images[row] = b"\xff\xd8\xff\xe0 this is not a jpeg"
-    pq.write_table(table.set_column(2, "image", pa.array(images, pa.binary())), path)
-
-
 @pytest.mark.slow
 def test_ray_data_corrupt_bytes_follow_on_bad_file(local_ray, tmp_path) -> None:
     from nrcc_scale.data.preflight import find_data_error
@@ -188,7 +180,7 @@ def test_ray_data_corrupt_bytes_follow_on_bad_file(local_ray, tmp_path) -> None:
     folder = tmp_path / "shards"
     write_shards(_source(), str(folder), rows_per_file=ROWS_PER_FILE, progress=False, log=lambda m: None)
     bad = 2 * ROWS_PER_FILE + 7
-    _corrupt(folder, 2, 7)
+    corrupt_shard_row(folder / f"part-{2:05d}.parquet", 7)
 
     error, _ = _fit(_cfg(folder, on_bad_file="fail"), tmp_path / "fail", epochs=[0], batch=10, start_epoch=0)
     data_error = find_data_error(error)
