@@ -357,3 +357,32 @@ def test_low_recall_under_auto_is_rebuilt_with_faiss(monkeypatch, caplog):
         graph = knn_graph(x, 10, n_jobs=2, min_recall=0.98)
     assert graph.choice.builder == "faiss-exact" and graph.recall == 1.0
     assert "rebuilding with faiss-exact" in caplog.text
+
+
+def test_low_recall_pynndescent_is_first_rebuilt_wider(monkeypatch, caplog):
+    """Below the floor, a pynndescent graph is rebuilt with 2x the neighbours (trimmed to k) before faiss is
+    tried. The first, k-neighbour call is degraded on purpose (a third of its neighbours replaced by random
+    rows, as a poor NN-descent would return); the widened call is real pynndescent, untouched."""
+    real = knn_module._pynndescent_graph
+    calls: list[int] = []
+
+    def degraded_at_k(x, n_neighbors, *args, **kwargs):
+        calls.append(n_neighbors)
+        ids, dists = real(x, n_neighbors, *args, **kwargs)
+        if n_neighbors == 10:
+            rng = np.random.default_rng(0)
+            ids, dists = ids.copy(), dists.copy()
+            rows = np.arange(len(x))[:, None]  # random other rows, never the row itself
+            ids[:, 7:] = (rows + 1 + rng.integers(0, len(x) - 1, (len(x), 3))) % len(x)
+            dists[:, 7:] = 1.0
+        return ids, dists
+
+    x = _random(4000, 16, 5)
+    monkeypatch.setattr(knn_module, "_pynndescent_graph", degraded_at_k)
+    monkeypatch.setattr(knn_module, "EXACT_WORK_PER_CORE", 4000**2 * 16 / 2 / 4)  # limit = 2000 rows
+    with caplog.at_level(logging.WARNING, logger="nrcc_scale.cluster"):
+        graph = knn_graph(x, 10, n_jobs=2, min_recall=0.98)
+    assert calls == [10, 20]
+    assert graph.choice.builder == "pynndescent" and graph.choice.widen == 2 and graph.recall >= 0.98
+    assert graph.indices.shape == (4000, 10) and (graph.indices[:, 0] == np.arange(4000)).all()
+    assert "rebuilding with 2x the neighbours" in caplog.text and "faiss" not in caplog.text
