@@ -97,6 +97,7 @@ def evaluate_run(python: str, checkout: Path, x: Path, y: Path, out: Path, tag: 
         metrics = json.loads((out / "metrics.json").read_text())
         res["stages"] = metrics.get("seconds", {})
         res["nmi"] = metrics.get("nmi")
+        res["clusters"] = metrics.get("num_clusters")
         res["recall"] = (metrics.get("knn") or {}).get("recall")
         res["knn_builder"] = (metrics.get("knn") or {}).get("builder", metrics.get("backends", {}).get("knn"))
         res["baselines"] = {k: {"nmi": v.get("nmi"), "noise_fraction": v.get("noise_fraction"),
@@ -114,7 +115,9 @@ def main() -> None:
         p.add_argument("--before-max-n", type=int, default=200_000, help="run --before only up to this N")
         p.add_argument("--no-umap-alone", action="store_true")
         p.add_argument("--variant", nargs="*", default=[], metavar="eval.key=value",
-                       help="also run ours with these overrides (e.g. eval.umap_init=spectral), up to 2e5 rows")
+                       help="also run ours with these overrides (e.g. eval.umap_epochs=100), up to --variant-max-n "
+                       "rows")
+        p.add_argument("--variant-max-n", type=int, default=200_000)
 
     args = _common.parse_args(__doc__.splitlines()[0], add_arguments)
     if args.quick:
@@ -122,6 +125,7 @@ def main() -> None:
     python = sys.executable
     repo = _common.REPO_ROOT
     work = Path(tempfile.mkdtemp(prefix="e2e_"))
+    load_at_start = os.getloadavg()[0]
     results: list[dict[str, Any]] = []
     for n in args.n:
         stem = args.data_dir / f"n{n}_c{args.classes}_d{args.dim}"
@@ -134,7 +138,7 @@ def main() -> None:
         entry["ours"] = evaluate_run(python, repo, x, y, work / f"ours_{n}", f"ours_{n}", [])
         print(f"  ours: {entry['ours']['seconds']:.1f} s, peak {entry['ours']['peak_gib']:.2f} GiB, "
               f"stages {entry['ours'].get('stages')}", flush=True)
-        if args.variant and n <= 200_000:
+        if args.variant and n <= args.variant_max_n:
             entry["variant"] = evaluate_run(python, repo, x, y, work / f"variant_{n}", f"variant_{n}", args.variant)
             entry["variant"]["overrides"] = args.variant
             print(f"  ours {' '.join(args.variant)}: {entry['variant']['seconds']:.1f} s, NMI "
@@ -164,7 +168,7 @@ def main() -> None:
                "ratio": ours["seconds"] / alone["seconds"] if alone else None,
                "kNN s": st.get("knn"), "UMAP s": st.get("reduce"), "GridShift s": st.get("cluster"),
                "metrics s": st.get("metrics"), "baselines s": st.get("baselines"),
-               "recall": ours.get("recall"), "NMI ours": ours.get("nmi"),
+               "recall": ours.get("recall"), "NMI ours": ours.get("nmi"), "clusters ours": ours.get("clusters"),
                "NMI umap-alone+GridShift": alone.get("nmi_after_gridshift") if alone else None,
                "peak GiB ours": ours["peak_gib"], "peak GiB umap-alone": alone["peak_gib"] if alone else None}
         total_stages = sum(v for v in st.values()) or float("nan")
@@ -178,10 +182,13 @@ def main() -> None:
             row["variant"] = " ".join(e["variant"]["overrides"])
             row["variant s"] = e["variant"]["seconds"]
             row["variant NMI"] = e["variant"].get("nmi")
+            row["variant clusters"] = e["variant"].get("clusters")
         rows.append(row)
     columns = ["N", "ours s", "umap-learn alone s", "ratio", "kNN s", "UMAP s", "GridShift s", "metrics s",
-               "baselines s", "recall", "NMI ours", "NMI umap-alone+GridShift", "peak GiB ours",
+               "baselines s", "recall", "NMI ours", "clusters ours", "NMI umap-alone+GridShift", "peak GiB ours",
                "peak GiB umap-alone"]
+    if any("variant" in r for r in rows):
+        columns += ["variant", "variant s", "variant NMI", "variant clusters"]
     _common.print_table(rows, columns, title="evaluate (ours) vs umap-learn alone, wall seconds per child process",
                         floatfmt="{:.4g}")
     growth: dict[str, float] = {}
@@ -191,8 +198,9 @@ def main() -> None:
             if a.get(col) and b.get(col):
                 growth[col] = b[col] / a[col]
         print(f"growth time(N={b['N']}) / time(N={a['N']}): " + ", ".join(f"{k} {v:.2f}" for k, v in growth.items()))
-    notes = [f"{psutil.cpu_count()} CPU cores; the machine was shared with other work while this ran, so absolute "
-             "times are pessimistic; ours and umap-learn alone ran one after the other on the same data",
+    notes = [f"{psutil.cpu_count()} CPU cores; load average {load_at_start:.1f} at the start and "
+             f"{os.getloadavg()[0]:.1f} at the end (above the core count: other work shared the machine, so absolute "
+             "times are pessimistic); ours and umap-learn alone ran one after the other on the same data",
              "ours = python -m nrcc_scale.evaluate (kNN + UMAP + GridShift + scores + k-means/HDBSCAN baselines on a "
              "subsample + plots); umap-learn alone = UMAP(n_neighbors=10, n_components=3, min_dist=0.0, "
              "metric='cosine').fit_transform only"]

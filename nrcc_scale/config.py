@@ -223,6 +223,9 @@ class EvalConfig:
     knn_min_recall: float = 0.98  # graph recall vs exact search on 1000 rows; "auto" rebuilds with faiss below it
     deterministic: bool = False  # true: bit-for-bit UMAP on one core; false: all cores, the seed fixes the init
     umap_init: str = "auto"  # auto (spectral up to 1e5 rows, pca beyond) | spectral | pca
+    # UMAP SGD epochs; 0 = umap-learn's own rule (500 up to 10^4 rows, 200 beyond). Fewer is proportionally
+    # faster and fragments clusters a little (measured in cluster/reduce.py's docstring)
+    umap_epochs: int = 0
     hdbscan_min_cluster_size: int = 0  # 0 = max(10, n // 2000) on the clustered points
     baseline_sample: int = 20_000  # above this many points, baselines and plots use a fixed random subsample
     progress: bool = True  # bars with rate and ETA on long stages (>= 50k points), a line per stage
@@ -575,6 +578,7 @@ def validate_config(cfg: Config) -> None:
                                                 "sklearn"))
     _range("eval.knn_min_recall", e.knn_min_recall, 0.0, 1.0)
     _choice("eval.umap_init", e.umap_init, ("auto", "spectral", "pca"))
+    _range("eval.umap_epochs", e.umap_epochs, 0)
     _range("eval.hdbscan_min_cluster_size", e.hdbscan_min_cluster_size, 0)
     _range("eval.baseline_sample", e.baseline_sample, 1000)
     if not cfg.storage_path:

@@ -52,6 +52,7 @@ def test_yaml_files_then_overrides_apply_in_order(tmp_path: Path) -> None:
         ("train.batch_size=255", "train.batch_size = 255: must be divisible by train.num_workers = 2"),
         ("method.nrcc=3", "method.nrcc: expected a mapping"),
         ("nokeyvalue", "expected key=value"),
+        ("eval.umap_epochs=-5", "eval.umap_epochs = -5: must be in [0, inf]"),
     ],
 )
 def test_mistakes_name_the_key_value_and_what_is_allowed(override: str, expected: str) -> None:

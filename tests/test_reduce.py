@@ -61,6 +61,26 @@ def test_deterministic_umap_is_bit_for_bit_and_builds_the_same_graph_itself(blob
     np.testing.assert_array_equal(again.embedding, first.embedding)
 
 
+def test_n_epochs_reaches_umap_learn(blobs):
+    """eval.umap_epochs: the deterministic path with n_epochs=20 is bit for bit umap-learn's own call with the
+    same graph and n_epochs=20, and differs from the default number of epochs."""
+    import umap
+
+    from nrcc_scale.cluster.reduce import _umap_knn
+
+    x, _ = blobs
+    graph = knn_graph(x, 10)
+    short = reduce_dimension(x, backend="umap-learn", knn=graph, seed=0, deterministic=True, n_epochs=20)
+    assert short.params["n_epochs"] == 20
+    direct = umap.UMAP(n_neighbors=10, n_components=3, min_dist=0.0, metric="cosine", random_state=0, n_jobs=1,
+                       n_epochs=20, precomputed_knn=_umap_knn(graph, len(x), 10, "cosine")).fit_transform(x)
+    np.testing.assert_array_equal(short.embedding, direct.astype(np.float32))
+    default = reduce_dimension(x, backend="umap-learn", knn=graph, seed=0, deterministic=True)
+    assert default.params["n_epochs"] is None and not np.array_equal(default.embedding, short.embedding)
+    with pytest.raises(ValueError, match="n_epochs.*got 0"):
+        reduce_dimension(x, n_epochs=0)
+
+
 def test_default_umap_uses_every_core_of_the_process(blobs, faiss_umap):
     import os
 

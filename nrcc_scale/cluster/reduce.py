@@ -35,6 +35,15 @@ lacks cuML); an explicit "cuml" that cannot run raises ``BackendUnavailableError
   ``PCA_INIT_ABOVE`` rows and pca beyond (the spectral solver's cost grows faster than linearly and with the
   number of graph components, 1000 classes at ImageNet scale; benchmarks/eval_end_to_end.py compares
   both). ``progress`` shows umap-learn's tqdm bar over the SGD epochs.
+* ``n_epochs`` (``eval.umap_epochs``; None/0 = umap-learn's rule: 500 up to 10^4 rows, 200 beyond). The SGD
+  is most of the stage and its time is proportional to the epochs; at 10^6 rows on 2 cores the 200 default
+  epochs alone take ~9 minutes. Fewer epochs leave clusters less contracted, so GridShift splits more of
+  them. Measured (issue 17's note has the script: 128,117 x 256, 1000 classes at noise 1.6, one
+  pynndescent graph, PCA init, 2 cores; ``benchmarks/eval_end_to_end.py --variant eval.umap_epochs=100``
+  measures the same trade-off end to end): 200 epochs 59 s, NMI .9969, ARI .9927, 1093 clusters;
+  100 epochs 28 s, .9963, .9913, 1226; 50 epochs 13.6 s, .9948, .9876, 1704. A warm start (UMAP of a 10 %
+  subsample propagated through the graph) did not change that trade-off (100 epochs: .9965, 1170
+  clusters), so the default stays umap-learn's and the knob is there for users who want the time.
 * UMAP, GPU: ``cuml.manifold.UMAP`` with the same parameters, ``output_type="numpy"``, and the faiss graph as
   ``precomputed_knn`` when ``knn`` is given or faiss-GPU can build it; otherwise cuML builds its own graph
   by exact brute force (``build_algo="brute_force_knn"``, which supports cosine). cuML is reproducible
@@ -186,7 +195,7 @@ def resolve_init(init: str, n: int) -> str:
 
 def _umap_learn(X: np.ndarray, n_components: int, n_neighbors: int, min_dist: float, metric: str,
                 seed: int | None, knn: KNNResult, verbose: bool, init: str, deterministic: bool,
-                progress: bool) -> tuple[np.ndarray, dict[str, Any]]:
+                progress: bool, n_epochs: int | None) -> tuple[np.ndarray, dict[str, Any]]:
     import umap
 
     n_jobs = 1 if deterministic else backends.cpu_threads()
@@ -202,12 +211,12 @@ def _umap_learn(X: np.ndarray, n_components: int, n_neighbors: int, min_dist: fl
     model = umap.UMAP(n_neighbors=n_neighbors, n_components=n_components, min_dist=min_dist, metric=metric,
                       random_state=seed if deterministic else None, n_jobs=n_jobs, init=layout,
                       precomputed_knn=_umap_knn(knn, X.shape[0], n_neighbors, metric), verbose=verbose,
-                      tqdm_kwds=tqdm_kwds)
+                      tqdm_kwds=tqdm_kwds, n_epochs=n_epochs)
     with warnings.catch_warnings():
         # expected: without pynndescent's search index umap-learn cannot `transform` new points (not needed)
         warnings.filterwarnings("ignore", message=r".*knn_search_index.*", category=UserWarning)
         embedding = model.fit_transform(X)
-    return embedding, {"n_jobs": n_jobs, "init": init, "deterministic": deterministic,
+    return embedding, {"n_jobs": n_jobs, "init": init, "deterministic": deterministic, "n_epochs": n_epochs,
                        "random_state": seed if deterministic else None}
 
 
@@ -227,12 +236,14 @@ def _seeded_spectral(X: np.ndarray, n_components: int, n_neighbors: int, metric:
 
 
 def _umap_cuml(X: np.ndarray, n_components: int, n_neighbors: int, min_dist: float, metric: str,
-               seed: int | None, knn: KNNResult | None, verbose: bool) -> np.ndarray:
+               seed: int | None, knn: KNNResult | None, verbose: bool, n_epochs: int | None) -> np.ndarray:
     from cuml.manifold import UMAP
 
     params: dict[str, Any] = {"n_neighbors": n_neighbors, "n_components": n_components, "min_dist": min_dist,
                               "metric": metric, "random_state": seed, "verbose": verbose,
                               "output_type": "numpy"}
+    if n_epochs:
+        params["n_epochs"] = n_epochs
     if knn is None and backends.faiss_gpu_available():
         knn = knn_graph(X, n_neighbors, metric=metric, seed=seed or 0, recall_sample=0)
     if knn is not None:
@@ -262,17 +273,20 @@ def reduce_dimension(X: np.ndarray, *, method: str = "umap", n_components: int =
                      min_dist: float = 0.0, metric: str = "cosine", backend: str = "auto",
                      seed: int | None = 0, knn: KNNResult | None = None, verbose: bool = False,
                      perplexity: float | None = None, init: str = "auto", deterministic: bool = False,
-                     progress: bool = False) -> ReductionResult:
+                     progress: bool = False, n_epochs: int | None = None) -> ReductionResult:
     """Reduce ``X`` (n, d) to ``n_components`` dimensions with UMAP or t-SNE.
 
     ``knn``: the :func:`knn_graph` of ``X`` with the same metric and at least ``n_neighbors`` columns (UMAP
     only; built here when None). ``seed`` fixes the initial layout; ``deterministic=True`` makes UMAP
     bit-for-bit reproducible (single-threaded), otherwise it runs on all cores (module docstring).
-    ``init``: "auto" | "spectral" | "pca". ``perplexity``: t-SNE only (default 30). Raises ValueError on
+    ``init``: "auto" | "spectral" | "pca". ``n_epochs``: UMAP SGD epochs (None: umap-learn's rule).
+    ``perplexity``: t-SNE only (default 30). Raises ValueError on
     NaN/Inf, too few samples, or inconsistent parameters, naming the offending value.
     """
     start = time.perf_counter()
     data = _validate(X, method, n_components, n_neighbors, min_dist, metric)
+    if n_epochs is not None and n_epochs < 1:
+        raise ValueError(f"n_epochs (eval.umap_epochs) must be >= 1 or None for umap-learn's rule, got {n_epochs}")
     chosen = resolve_backend(method, backend, n_components)
     gpu = chosen == "cuml"
     name = ("cuml" if gpu else "umap-learn") if method == "umap" else ("cuml-tsne" if gpu else "sklearn-tsne")
@@ -281,13 +295,14 @@ def reduce_dimension(X: np.ndarray, *, method: str = "umap", n_components: int =
         backends.log_backend("reduce", name, f"UMAP N={data.shape[0]}, n_components={n_components}, "
                              f"n_neighbors={n_neighbors}, min_dist={min_dist}, metric={metric}")
         if gpu:
-            embedding = _umap_cuml(data, n_components, n_neighbors, min_dist, metric, seed, knn, verbose)
+            embedding = _umap_cuml(data, n_components, n_neighbors, min_dist, metric, seed, knn, verbose, n_epochs)
         else:
             if knn is None:
                 knn = knn_graph(data, n_neighbors, metric=metric, seed=seed or 0, recall_sample=0,
                                 n_jobs=1 if deterministic else None)
             embedding, params = _umap_learn(data, n_components, n_neighbors, min_dist, metric, seed, knn,
-                                            verbose, resolve_init(init, data.shape[0]), deterministic, progress)
+                                            verbose, resolve_init(init, data.shape[0]), deterministic, progress,
+                                            n_epochs)
     else:
         perp = DEFAULT_PERPLEXITY if perplexity is None else float(perplexity)
         perp = min(perp, (data.shape[0] - 1) / 3.0)

@@ -129,7 +129,8 @@ def reduce_and_gridshift(features: np.ndarray, labels: np.ndarray | None, cfg: E
     reduced = reduce_dimension(features, method=cfg.reducer, n_components=cfg.n_components,
                                n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, metric=metric,
                                backend=cfg.umap_backend, seed=cfg.seed, knn=knn, init=cfg.umap_init,
-                               deterministic=cfg.deterministic, progress=progress)
+                               n_epochs=cfg.umap_epochs or None, deterministic=cfg.deterministic,
+                               progress=progress)
     # only a cosine graph's distances are what assign's calibration measures
     nearest = nearest_other_from_graph(knn.indices, knn.distances) if knn is not None and metric == "cosine" \
         else None
