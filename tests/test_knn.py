@@ -293,6 +293,10 @@ def test_rule_picks_each_builder_where_it_should():
     assert choose_graph_builder(limit, 256, 2).builder == "faiss-exact"
     assert choose_graph_builder(limit + 1, 256, 2).builder == "pynndescent"
     assert choose_graph_builder(1_281_167, 256, 2).backend == "pynndescent"
+    # above PYNNDESCENT_WIDE_ABOVE rows it searches 2k neighbours from the start (k reached .855 at 1.28M)
+    assert choose_graph_builder(1_281_167, 256, 2).widen == 2
+    assert choose_graph_builder(knn_module.PYNNDESCENT_WIDE_ABOVE, 256, 2).widen == 1
+    assert choose_graph_builder(limit + 1, 256, 2).widen == 1
     assert choose_graph_builder(128_117, 256, 32).builder == "faiss-exact"  # many cores: exact goes further
     assert choose_graph_builder(10_000, 1024, 2).builder == "faiss-exact"
     # missing libraries
@@ -360,14 +364,17 @@ def test_low_recall_under_auto_is_rebuilt_with_faiss(monkeypatch, caplog):
 
 
 def test_low_recall_pynndescent_is_first_rebuilt_wider(monkeypatch, caplog):
-    """Below the floor, a pynndescent graph is rebuilt with 2x the neighbours (trimmed to k) before faiss is
-    tried. The first, k-neighbour call is degraded on purpose (a third of its neighbours replaced by random
-    rows, as a poor NN-descent would return); the widened call is real pynndescent, untouched."""
+    """Below the floor, NN-descent continues from the pynndescent graph with 2x the neighbours (trimmed to k)
+    before faiss is tried. The first, k-neighbour call is degraded on purpose (a third of its neighbours
+    replaced by random rows, as a poor NN-descent would return); the widened call is real pynndescent,
+    started from that degraded graph."""
     real = knn_module._pynndescent_graph
     calls: list[int] = []
+    starts: list[np.ndarray | None] = []
 
     def degraded_at_k(x, n_neighbors, *args, **kwargs):
         calls.append(n_neighbors)
+        starts.append(kwargs.get("init_graph"))
         ids, dists = real(x, n_neighbors, *args, **kwargs)
         if n_neighbors == 10:
             rng = np.random.default_rng(0)
@@ -383,6 +390,7 @@ def test_low_recall_pynndescent_is_first_rebuilt_wider(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="nrcc_scale.cluster"):
         graph = knn_graph(x, 10, n_jobs=2, min_recall=0.98)
     assert calls == [10, 20]
+    assert starts[0] is None and starts[1].shape == (4000, 10)  # the repair continues from the first graph
     assert graph.choice.builder == "pynndescent" and graph.choice.widen == 2 and graph.recall >= 0.98
     assert graph.indices.shape == (4000, 10) and (graph.indices[:, 0] == np.arange(4000)).all()
     assert "rebuilding with 2x the neighbours" in caplog.text and "faiss" not in caplog.text

@@ -424,6 +424,11 @@ RECALL_SAMPLE = 1000
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 64
 
 
+#: CPU pynndescent above this many rows searches 2 x n_neighbors from the start (module docstring: at 1.28M
+#: umap-learn's k reached recall .855, at 128k .996; a failed first build costs more than the wider one).
+PYNNDESCENT_WIDE_ABOVE = 400_000
+
+
 def exact_max_rows(dim: int, cores: int) -> int:
     """Largest N for which exact search is the fastest CPU builder: N^2·d <= EXACT_WORK_PER_CORE · cores."""
     return int(math.sqrt(EXACT_WORK_PER_CORE * max(1, cores) / max(1, dim)))
@@ -476,7 +481,11 @@ def choose_graph_builder(n: int, dim: int, cores: int, *, requested: str = "auto
     if n <= limit and faiss:
         return GraphChoice("faiss-exact", False, f"CPU, N <= {limit} (exact_max_rows(d={dim}, cores={cores}))")
     if pynndescent:
-        return GraphChoice("pynndescent", False, f"CPU, N > {limit} (exact_max_rows(d={dim}, cores={cores}))")
+        reason = f"CPU, N > {limit} (exact_max_rows(d={dim}, cores={cores}))"
+        if n > PYNNDESCENT_WIDE_ABOVE:
+            return GraphChoice("pynndescent", False, f"{reason}; N > {PYNNDESCENT_WIDE_ABOVE}: 2k neighbours searched",
+                               widen=2)
+        return GraphChoice("pynndescent", False, reason)
     if faiss:
         return GraphChoice("faiss-ivf", False, f"CPU, N > {limit}, pynndescent not installed")
     return GraphChoice("sklearn", False, "neither faiss nor pynndescent installed")
@@ -490,18 +499,21 @@ def _check_finite_rows(x: np.ndarray, name: str, chunk: int = 65536) -> None:
 
 
 def _pynndescent_graph(x: np.ndarray, n_neighbors: int, metric: str, seed: int | None, n_jobs: int,
-                       verbose: bool) -> tuple[np.ndarray, np.ndarray]:
+                       verbose: bool, init_graph: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """pynndescent with umap-learn's own parameters (``umap_.nearest_neighbors``: n_trees, n_iters,
     max_candidates=60, low_memory), so that "ours" and "umap-learn alone" build the same kind of graph.
-    Returns (int32 ids, float32 distances), (n, n_neighbors), self included where pynndescent found it."""
+    ``init_graph`` (n, m) neighbour ids: NN-descent continues from that graph instead of a random-projection
+    forest (the recall repair: cheaper than starting again). Returns (int32 ids, float32 distances),
+    (n, n_neighbors), self included where pynndescent found it."""
     from pynndescent import NNDescent
 
     n = x.shape[0]
     n_trees = min(64, 5 + int(round(n ** 0.5 / 20.0)))
     n_iters = max(5, int(round(np.log2(n))))
+    init = {} if init_graph is None else {"init_graph": np.ascontiguousarray(init_graph, dtype=np.int32)}
     index = NNDescent(x, n_neighbors=n_neighbors, metric=metric, random_state=seed, n_trees=n_trees,
                       n_iters=n_iters, max_candidates=60, low_memory=True, n_jobs=n_jobs, verbose=verbose,
-                      compressed=False)
+                      compressed=False, **init)
     ids, dists = index.neighbor_graph
     return np.asarray(ids, dtype=np.int32), np.asarray(dists, dtype=np.float32)
 
@@ -637,7 +649,8 @@ def knn_graph(X: np.ndarray, n_neighbors: int, metric: str = "cosine", *, backen
             log.warning("stage knn: pynndescent reached recall %.4f < eval.knn_min_recall %.3f on %d rows; "
                         "rebuilding with 2x the neighbours", graph.recall, min_recall, graph.recall_rows)
             choice = GraphChoice("pynndescent", False, f"recall at k {graph.recall:.4f} < {min_recall}", widen=2)
-            graph = _build(arr, n_neighbors, metric, choice, seed, cores, progress, use_gpu, kw)
+            graph = _build(arr, n_neighbors, metric, choice, seed, cores, progress, use_gpu, kw,
+                           init_graph=graph.indices)
             graph.recall = graph_recall(arr, graph, sample=recall_sample, seed=seed or 0)
             below = graph.recall < min_recall
         if below and choice.builder not in ("faiss-exact", "sklearn") and backends.faiss_available():
@@ -655,14 +668,17 @@ def knn_graph(X: np.ndarray, n_neighbors: int, metric: str = "cosine", *, backen
 
 
 def _build(arr: np.ndarray, n_neighbors: int, metric: str, choice: GraphChoice, seed: int | None, cores: int,
-           progress: bool, use_gpu: bool | None, kw: dict[str, Any]) -> KNNResult:
-    """Run one builder; return the graph in :func:`knn_graph`'s layout."""
+           progress: bool, use_gpu: bool | None, kw: dict[str, Any],
+           init_graph: np.ndarray | None = None) -> KNNResult:
+    """Run one builder; return the graph in :func:`knn_graph`'s layout. ``init_graph``: pynndescent only,
+    a graph to continue NN-descent from."""
     n = arr.shape[0]
     backends.log_backend("knn", choice.backend, f"N={n}, d={arr.shape[1]}, k={n_neighbors}, metric={metric}; "
                          f"{choice.reason}")
     if choice.builder == "pynndescent":
         _check_finite_rows(arr, "X")
-        ids, dists = _pynndescent_graph(arr, n_neighbors * choice.widen, metric, seed, cores, progress)
+        ids, dists = _pynndescent_graph(arr, n_neighbors * choice.widen, metric, seed, cores, progress,
+                                        init_graph=init_graph)
         dists, ids = _self_first(dists, ids, 0.0)
         dists, ids = dists[:, :n_neighbors], ids[:, :n_neighbors]
     elif choice.builder == "faiss-hnsw":
