@@ -36,13 +36,16 @@ Graph builder (:func:`choose_graph_builder`, ``eval.knn_backend`` overrides it)
   - ``benchmarks/eval_end_to_end.py`` at 128,117 x 256 (1000 classes): pynndescent recall .996.
   On clustered embeddings pynndescent's recall stays >= .99 up to 10^5 rows; on structure-less
   high-dimensional noise it can fall far below (uniform 64-d Gaussians: ~0.4), and at 1,281,167 x 256 (1000
-  near-isotropic classes, every within-class neighbour nearly tied) umap-learn's parameters reached only .85
-  (~400 s on 2 loaded cores), which is what the recall floor is for.
-* Recall floor ``eval.knn_min_recall`` (.98): under "auto", a pynndescent graph below it is first rebuilt
-  with 2 x n_neighbors and trimmed (the 1.28M case above: .980 in ~310 s), and a graph still below is rebuilt
-  with faiss exact (up to 4 x ``exact_max_rows``) or IVF (beyond; ~12 min at 1.28M here); a warning says
-  which. With an explicit
-  ``eval.knn_backend`` the pipeline only warns.
+  near-isotropic classes, every within-class neighbour nearly tied) umap-learn's parameters reached only .855,
+  which is what the recall floor is for.
+* 2k from the start above ``PYNNDESCENT_WIDE_ABOVE`` (4·10^5) rows: at 1,281,167 x 256 (same data, 2 cores,
+  ``/work/exp/knn_big.py`` in issue 17's note, other work niced) k = 10 took 623 s to recall .855 and NN-descent
+  continued from it at k = 20 another 200 s to .980 (823 s), while k = 20 from the start took 301 s to .982.
+  At 128k, k alone reaches .996, so the wider search is kept for the sizes where it pays.
+* Recall floor ``eval.knn_min_recall`` (.98): under "auto", a pynndescent graph (at k) below it is first
+  repaired by NN-descent continued from it with 2 x n_neighbors and trimmed (no new random-projection forest),
+  and a graph still below is rebuilt with faiss exact (up to 4 x ``exact_max_rows``) or IVF (beyond; ~12 min
+  at 1.28M here); a warning says which. With an explicit ``eval.knn_backend`` the pipeline only warns.
 * The graph is kept as int32 indices and float32 distances (10^6 x 10: 80 MB); pynndescent works on its
   own normalised copy of X (the faiss builders on ours), so the builder adds one float32 copy of X at most.
 * Progress: tqdm bars over the faiss query chunks; pynndescent prints its own per-iteration lines.
