@@ -39,7 +39,7 @@ Graph builder (:func:`choose_graph_builder`, ``eval.knn_backend`` overrides it)
   near-isotropic classes, every within-class neighbour nearly tied) umap-learn's parameters reached only .855,
   which is what the recall floor is for.
 * 2k from the start above ``PYNNDESCENT_WIDE_ABOVE`` (4·10^5) rows: at 1,281,167 x 256 (same data, 2 cores,
-  ``/work/exp/knn_big.py`` in issue 17's note, other work niced) k = 10 took 623 s to recall .855 and NN-descent
+  other work niced; ``benchmarks/knn_widen.py`` compares the three ways) k = 10 took 623 s to recall .855 and NN-descent
   continued from it at k = 20 another 200 s to .980 (823 s), while k = 20 from the start took 301 s to .982.
   At 128k, k alone reaches .996, so the wider search is kept for the sizes where it pays.
 * Recall floor ``eval.knn_min_recall`` (.98): under "auto", a pynndescent graph (at k) below it is first
