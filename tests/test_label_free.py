@@ -176,6 +176,24 @@ def test_confidence_is_one_at_the_mode_and_zero_half_way() -> None:
     assert dist == pytest.approx([0.0, 1.0, 0.5]) and conf == pytest.approx([1.0, 0.0, 1 - 0.5 / 1.5])
 
 
+def test_mode_distances_in_blocks_match_a_brute_force_loop() -> None:
+    """Row blocks (no N x M matrix) give each point's own-mode distance and confidence exactly as a loop over
+    points and modes does; unassigned points (-1) get NaN and 0."""
+    from nrcc_scale.evaluation.clusters_output import mode_distances
+
+    rng = np.random.default_rng(0)
+    pts, modes = rng.normal(size=(103, 3)), rng.normal(size=(9, 3))
+    clusters = rng.integers(-1, 9, 103)
+    dist, conf = mode_distances(pts, modes, clusters, block=10)
+    for i, c in enumerate(clusters):
+        if c < 0:
+            assert np.isnan(dist[i]) and conf[i] == 0.0
+            continue
+        d = [float(np.linalg.norm(pts[i] - m)) for m in modes]
+        nxt = min(v for j, v in enumerate(d) if j != c)
+        assert dist[i] == pytest.approx(d[c]) and conf[i] == pytest.approx(min(max(1 - d[c] / nxt, 0.0), 1.0))
+
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]
