@@ -219,7 +219,8 @@ class EvalConfig:
     batch_size: int = 512
     seed: int = 0
     # speed on CPU nodes and the baselines (issues 11, 17; cluster/knn.py, reduce.py, hdbscan.py explain them)
-    knn_backend: str = "auto"  # auto (measured rule) | faiss-exact | faiss-ivf | faiss-hnsw | pynndescent | sklearn
+    # auto (measured rule) | faiss-exact | faiss-cells | faiss-ivf | faiss-hnsw | pynndescent | sklearn
+    knn_backend: str = "auto"
     knn_min_recall: float = 0.98  # graph recall vs exact search on 1000 rows; "auto" rebuilds with faiss below it
     deterministic: bool = False  # true: bit-for-bit UMAP on one core; false: all cores, the seed fixes the init
     umap_init: str = "auto"  # auto (spectral up to 1e5 rows, pca beyond) | spectral | pca
@@ -574,8 +575,8 @@ def validate_config(cfg: Config) -> None:
     _range("eval.knn_k", e.knn_k, 1)
     _range("eval.knn_temperature", e.knn_temperature, 0.0, lo_open=True)
     _range("eval.batch_size", e.batch_size, 1)
-    _choice("eval.knn_backend", e.knn_backend, ("auto", "faiss-exact", "faiss-ivf", "faiss-hnsw", "pynndescent",
-                                                "sklearn"))
+    _choice("eval.knn_backend", e.knn_backend, ("auto", "faiss-exact", "faiss-cells", "faiss-ivf", "faiss-hnsw",
+                                                "pynndescent", "sklearn"))
     _range("eval.knn_min_recall", e.knn_min_recall, 0.0, 1.0)
     _choice("eval.umap_init", e.umap_init, ("auto", "spectral", "pca"))
     _range("eval.umap_epochs", e.umap_epochs, 0)

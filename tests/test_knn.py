@@ -291,16 +291,17 @@ def test_rule_picks_each_builder_where_it_should():
     assert exact_max_rows(64, 2) == pytest.approx(2 * limit, rel=0.01)
     assert exact_max_rows(256, 32) == pytest.approx(4 * limit, rel=0.01)
     assert choose_graph_builder(limit, 256, 2).builder == "faiss-exact"
-    assert choose_graph_builder(limit + 1, 256, 2).builder == "pynndescent"
-    assert choose_graph_builder(1_281_167, 256, 2).backend == "pynndescent"
-    # above PYNNDESCENT_WIDE_ABOVE rows it searches 2k neighbours from the start (k reached .855 at 1.28M)
-    assert choose_graph_builder(1_281_167, 256, 2).widen == 2
-    assert choose_graph_builder(knn_module.PYNNDESCENT_WIDE_ABOVE, 256, 2).widen == 1
-    assert choose_graph_builder(limit + 1, 256, 2).widen == 1
+    assert choose_graph_builder(limit + 1, 256, 2).builder == "faiss-cells"
+    assert choose_graph_builder(1_281_167, 256, 2).backend == "faiss-cpu cells"
+    # pynndescent (the fallback, or the builder without faiss) searches 2k neighbours from the start above
+    # PYNNDESCENT_WIDE_ABOVE rows (k reached .855 at 1.28M)
+    assert choose_graph_builder(1_281_167, 256, 2, faiss=False).widen == 2
+    assert knn_module.pynndescent_choice(knn_module.PYNNDESCENT_WIDE_ABOVE, "").widen == 1
+    assert choose_graph_builder(limit + 1, 256, 2, faiss=False).widen == 1
     assert choose_graph_builder(128_117, 256, 32).builder == "faiss-exact"  # many cores: exact goes further
     assert choose_graph_builder(10_000, 1024, 2).builder == "faiss-exact"
     # missing libraries
-    assert choose_graph_builder(10**6, 256, 2, pynndescent=False).builder == "faiss-ivf"
+    assert choose_graph_builder(10**6, 256, 2, pynndescent=False).builder == "faiss-cells"
     assert choose_graph_builder(10**6, 256, 2, pynndescent=False, faiss=False).builder == "sklearn"
     assert choose_graph_builder(10**6, 256, 2, faiss=False).builder == "pynndescent"
     # GPU: faiss on the device, exact then IVF
@@ -316,7 +317,8 @@ def test_rule_picks_each_builder_where_it_should():
         choose_graph_builder(10, 4, 2, requested="pynndescent", pynndescent=False)
 
 
-@pytest.mark.parametrize("builder", ["faiss-exact", "faiss-ivf", "faiss-hnsw", "pynndescent", "sklearn"])
+@pytest.mark.parametrize("builder", ["faiss-exact", "faiss-cells", "faiss-ivf", "faiss-hnsw", "pynndescent",
+                                     "sklearn"])
 def test_every_builder_gives_the_umap_layout_and_its_recall(builder):
     x = _clustered(3000, 11)
     graph = knn_graph(x, 10, backend=builder, recall_sample=500)
@@ -356,10 +358,12 @@ def test_low_recall_under_auto_is_rebuilt_with_faiss(monkeypatch, caplog):
     # rule pick it at this N, and check the floor sends the graph back to exact search with a warning
     x = _random(4000, 128, 13)
     monkeypatch.setattr(knn_module, "EXACT_WORK_PER_CORE", 4000**2 * 128 / 2 / 4)  # limit = 2000 rows
-    assert choose_graph_builder(4000, 128, 2).builder == "pynndescent"
+    assert choose_graph_builder(4000, 128, 2).builder == "faiss-cells"
     with caplog.at_level(logging.WARNING, logger="nrcc_scale.cluster"):
         graph = knn_graph(x, 10, n_jobs=2, min_recall=0.98)
     assert graph.choice.builder == "faiss-exact" and graph.recall == 1.0
+    # structure-less noise: the cells fail, then pynndescent (and its wider repair), then exact search
+    assert "faiss-cells reached recall" in caplog.text and "rebuilding with pynndescent" in caplog.text
     assert "rebuilding with faiss-exact" in caplog.text
 
 
@@ -386,7 +390,9 @@ def test_low_recall_pynndescent_is_first_rebuilt_wider(monkeypatch, caplog):
 
     x = _random(4000, 16, 5)
     monkeypatch.setattr(knn_module, "_pynndescent_graph", degraded_at_k)
-    monkeypatch.setattr(knn_module, "EXACT_WORK_PER_CORE", 4000**2 * 16 / 2 / 4)  # limit = 2000 rows
+    # the rule's pick without faiss-cells (whose recall on these rows would end the test before pynndescent)
+    monkeypatch.setattr(knn_module, "choose_graph_builder",
+                        lambda n, *a, **k: knn_module.pynndescent_choice(n, "test: the rule picks pynndescent"))
     with caplog.at_level(logging.WARNING, logger="nrcc_scale.cluster"):
         graph = knn_graph(x, 10, n_jobs=2, min_recall=0.98)
     assert calls == [10, 20]

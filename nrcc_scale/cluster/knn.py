@@ -13,10 +13,14 @@ Graph builder (:func:`choose_graph_builder`, ``eval.knn_backend`` overrides it)
 -------------------------------------------------------------------------------
 * GPU (faiss-GPU usable): faiss exact up to 2·10^5 rows, faiss IVF beyond.
 * CPU: faiss exact while ``N <= exact_max_rows(d, cores) = sqrt(1.3e12 · cores / d)`` (d = 256: 1.0·10^5
-  rows on 2 cores, 4.0·10^5 on 32; d = 64: 2.0·10^5 on 2 cores), **pynndescent** beyond - the builder
-  umap-learn itself uses, run with umap-learn's own parameters (n_trees, n_iters, max_candidates=60,
-  low_memory). Exact search costs N^2·d / cores; pynndescent ~N·log N and does not care much about d,
-  so the break-even N grows as sqrt(cores / d).
+  rows on 2 cores, 4.0·10^5 on 32; d = 64: 2.0·10^5 on 2 cores), **faiss-cells** beyond
+  (:mod:`nrcc_scale.cluster.knn_cells`: exact BLAS products inside each fine k-means cell's 8 nearest
+  cells; 128k x 256: 7.3 s at recall .9999, 1.28M x 256: 90 s at recall 1.0000 on clustered embeddings),
+  and where its recall is below the floor **pynndescent** - the builder umap-learn itself uses, run with
+  umap-learn's own parameters (n_trees, n_iters, max_candidates=60, low_memory); pynndescent is also the
+  builder without faiss. Exact search costs N^2·d / cores; pynndescent ~N·log N and does not care much about
+  d, so the break-even N grows as sqrt(cores / d). The measurements below the first bullet predate
+  faiss-cells (pynndescent was the rule beyond the break-even then).
 * Measurements behind the rule (2 cores, k = 10, cosine, 256-d, whole graph):
   - issue 17's figures on this machine: 10^5 rows - faiss exact 41 s, pynndescent 39 s (its numba
     compilation included): even, hence the break-even constant; 10^6 rows - faiss IVF (nlist 4000,
@@ -42,7 +46,8 @@ Graph builder (:func:`choose_graph_builder`, ``eval.knn_backend`` overrides it)
   other work niced; ``benchmarks/knn_widen.py`` compares the three ways) k = 10 took 623 s to recall .855 and NN-descent
   continued from it at k = 20 another 200 s to .980 (823 s), while k = 20 from the start took 301 s to .982.
   At 128k, k alone reaches .996, so the wider search is kept for the sizes where it pays.
-* Recall floor ``eval.knn_min_recall`` (.98): under "auto", a pynndescent graph (at k) below it is first
+* Recall floor ``eval.knn_min_recall`` (.98): under "auto", a faiss-cells graph below it is rebuilt by
+  pynndescent (2k from the start above 4·10^5 rows, as above); a pynndescent graph (at k) below it is first
   repaired by NN-descent continued from it with 2 x n_neighbors and trimmed (no new random-projection forest),
   and a graph still below is rebuilt with faiss exact (up to 4 x ``exact_max_rows``) or IVF (beyond; ~12 min
   at 1.28M here); a warning says which. With an explicit ``eval.knn_backend`` the pipeline only warns.
@@ -416,7 +421,7 @@ def knn_search(database: np.ndarray, queries: np.ndarray | None, k: int, *, metr
 
 # ------------------------------------------------------------------------------------------ graph builders
 #: The kNN-graph builders ``knn_graph`` can run (``eval.knn_backend``); "auto" picks by :func:`choose_graph_builder`.
-GRAPH_BUILDERS = ("faiss-exact", "faiss-ivf", "faiss-hnsw", "pynndescent", "sklearn")
+GRAPH_BUILDERS = ("faiss-exact", "faiss-cells", "faiss-ivf", "faiss-hnsw", "pynndescent", "sklearn")
 #: Exact search does N^2·d multiply-adds; it is the fastest CPU builder while N^2·d / cores stays below this
 #: (fitted in benchmarks/knn_scaling.py, see the module docstring: on 2 cores at d = 256 the break-even with
 #: pynndescent is ~1.0·10^5 rows).
@@ -462,8 +467,8 @@ def _pynndescent_available() -> bool:
 def choose_graph_builder(n: int, dim: int, cores: int, *, requested: str = "auto", gpu: bool = False,
                          faiss: bool = True, pynndescent: bool = True) -> GraphChoice:
     """The rule (module docstring, "Graph builder"): GPU -> faiss-GPU exact up to 2·10^5 rows, IVF beyond;
-    CPU -> faiss exact while ``N <= exact_max_rows(d, cores)``, pynndescent beyond (faiss IVF when
-    pynndescent is missing; scikit-learn when faiss is). ``requested`` (a name in :data:`GRAPH_BUILDERS`)
+    CPU -> faiss exact while ``N <= exact_max_rows(d, cores)``, faiss-cells beyond (pynndescent when faiss
+    is missing; scikit-learn when both are). ``requested`` (a name in :data:`GRAPH_BUILDERS`)
     overrides the rule; a builder whose library is missing raises ``BackendUnavailableError``."""
     if requested != "auto":
         if requested not in GRAPH_BUILDERS:
@@ -483,15 +488,20 @@ def choose_graph_builder(n: int, dim: int, cores: int, *, requested: str = "auto
     limit = exact_max_rows(dim, cores)
     if n <= limit and faiss:
         return GraphChoice("faiss-exact", False, f"CPU, N <= {limit} (exact_max_rows(d={dim}, cores={cores}))")
-    if pynndescent:
-        reason = f"CPU, N > {limit} (exact_max_rows(d={dim}, cores={cores}))"
-        if n > PYNNDESCENT_WIDE_ABOVE:
-            return GraphChoice("pynndescent", False, f"{reason}; N > {PYNNDESCENT_WIDE_ABOVE}: 2k neighbours searched",
-                               widen=2)
-        return GraphChoice("pynndescent", False, reason)
+    beyond = f"CPU, N > {limit} (exact_max_rows(d={dim}, cores={cores}))"
     if faiss:
-        return GraphChoice("faiss-ivf", False, f"CPU, N > {limit}, pynndescent not installed")
+        return GraphChoice("faiss-cells", False, beyond)
+    if pynndescent:
+        return pynndescent_choice(n, f"{beyond}, faiss not installed")
     return GraphChoice("sklearn", False, "neither faiss nor pynndescent installed")
+
+
+def pynndescent_choice(n: int, reason: str) -> GraphChoice:
+    """pynndescent, searching 2k neighbours from the start above :data:`PYNNDESCENT_WIDE_ABOVE` rows."""
+    if n > PYNNDESCENT_WIDE_ABOVE:
+        return GraphChoice("pynndescent", False, f"{reason}; N > {PYNNDESCENT_WIDE_ABOVE}: 2k neighbours searched",
+                           widen=2)
+    return GraphChoice("pynndescent", False, reason)
 
 
 def _check_finite_rows(x: np.ndarray, name: str, chunk: int = 65536) -> None:
@@ -645,6 +655,14 @@ def knn_graph(X: np.ndarray, n_neighbors: int, metric: str = "cosine", *, backen
         graph.recall = graph_recall(arr, graph, sample=recall_sample, seed=seed or 0)
         graph.recall_rows = min(recall_sample, n)
         below = min_recall is not None and graph.recall < min_recall and backend == "auto"
+        if below and choice.builder == "faiss-cells" and _pynndescent_available():
+            # the cells assume clustered rows; where they are not (recall below the floor), NN-descent
+            log.warning("stage knn: faiss-cells reached recall %.4f < eval.knn_min_recall %.3f on %d rows; "
+                        "rebuilding with pynndescent", graph.recall, min_recall, graph.recall_rows)
+            choice = pynndescent_choice(n, f"recall of faiss-cells {graph.recall:.4f} < {min_recall}")
+            graph = _build(arr, n_neighbors, metric, choice, seed, cores, progress, use_gpu, kw)
+            graph.recall = graph_recall(arr, graph, sample=recall_sample, seed=seed or 0)
+            below = graph.recall < min_recall
         if below and choice.builder == "pynndescent" and choice.widen == 1:
             # a wider search is the cheap repair: at 1,281,167 x 256 (1000 near-isotropic classes) umap-learn's
             # parameters reached recall .85 in ~400 s, 2k neighbours trimmed to k .98 in ~310 s, while the faiss
@@ -684,6 +702,13 @@ def _build(arr: np.ndarray, n_neighbors: int, metric: str, choice: GraphChoice, 
                                         init_graph=init_graph)
         dists, ids = _self_first(dists, ids, 0.0)
         dists, ids = dists[:, :n_neighbors], ids[:, :n_neighbors]
+    elif choice.builder == "faiss-cells":
+        from nrcc_scale.cluster.knn_cells import cell_knn
+
+        data = _prepare(arr, metric, "X")
+        dists, ids = cell_knn(data, n_neighbors, metric, seed=seed or 0, threads=cores, progress=progress)
+        del data
+        dists, ids = _self_first(dists, ids.astype(np.int32), 0.0)
     elif choice.builder == "faiss-hnsw":
         data = _prepare(arr, metric, "X")
         scores, ids = _hnsw_graph(data, n_neighbors, metric, kw.get("chunk_size", 65536), progress)
