@@ -1,4 +1,4 @@
-"""kNN graph builders on the CPU: faiss exact / IVF / HNSW vs pynndescent (what umap-learn builds by itself)
+"""kNN graph builders on the CPU: faiss exact / cells / IVF / HNSW vs pynndescent (what umap-learn builds by itself)
 vs scikit-learn brute force - the measurements behind ``nrcc_scale.cluster.knn.choose_graph_builder``.
 
     python benchmarks/knn_scaling.py [--quick] [--json docs/benchmarks/knn_scaling.json]
@@ -35,7 +35,7 @@ from nrcc_scale.cluster import backends
 from nrcc_scale.cluster.knn import choose_graph_builder, exact_max_rows, knn_graph, l2_normalize
 
 K = 10
-BUILDERS = ("faiss-exact", "faiss-ivf", "faiss-hnsw", "pynndescent")
+BUILDERS = ("faiss-exact", "faiss-cells", "faiss-ivf", "faiss-hnsw", "pynndescent")
 
 
 def clustered_embeddings(n: int, d: int = 256, seed: int = 0, intrinsic: int = 32, spread: float = 2.0,
@@ -140,7 +140,8 @@ def main() -> None:
     notes = [f"{cores} CPU threads; machine shared with other work (timings under load)",
              f"pynndescent numba compile (once per process, umap-learn pays it too): {jit_s:.1f} s, excluded",
              f"rule: faiss exact while N <= exact_max_rows(d, cores) = sqrt(1.3e12 * cores / d) "
-             f"(d=256: {exact_max_rows(256, cores)} rows on {cores} cores), pynndescent beyond",
+             f"(d=256: {exact_max_rows(256, cores)} rows on {cores} cores), faiss-cells beyond, pynndescent where "
+             "faiss-cells misses the recall floor",
              "seconds include the 1000-row recall check (a few % at 10^6)"]
     if any(r.get("extrapolated_from") for r in rows):
         notes.append("scikit-learn rows marked extrapolated_from were timed on that many queries and scaled")
