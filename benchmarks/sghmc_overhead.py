@@ -23,7 +23,7 @@ from collections.abc import Callable
 import _common
 import torch
 
-from nrcc_scale.config import load_config
+from nrcc_scale.config_load import load_config
 from nrcc_scale.methods import build_method
 from nrcc_scale.methods.sghmc import alignment_potential, sghmc_chain
 from nrcc_scale.models.batchnorm import preserved_batchnorm_stats

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nrcc_scale.config import SGHMCConfig, load_config
+from nrcc_scale.config import SGHMCConfig
+from nrcc_scale.config_load import load_config
 from nrcc_scale.methods import build_method
 from nrcc_scale.methods.sghmc import (
     alignment_potential,

@@ -28,21 +28,15 @@ import pytest
 import yaml
 from test_resume import kill_tree
 
-from nrcc_scale.config import ConfigError, load_config
+from nrcc_scale.config import ConfigError
+from nrcc_scale.config_load import load_config
 from nrcc_scale.engine.checkpoint import find_latest_checkpoint, read_state
 from nrcc_scale.engine.context import RUN_DIR_TAG
 from nrcc_scale.engine.loop import FAULT_ENV, FAULT_MARKER_ENV
 from nrcc_scale.train import RAY_RUN_SNAPSHOT
-from nrcc_scale.tune import (
-    BEST_CONFIG,
-    RESULTS_CSV,
-    RUNS_DIR,
-    best_row,
-    load_sweep,
-    make_scheduler,
-    param_space,
-    write_best_config,
-)
+from nrcc_scale.tune_ray import make_scheduler, param_space
+from nrcc_scale.tune_results import best_row, write_best_config
+from nrcc_scale.tune_schema import BEST_CONFIG, RESULTS_CSV, RUNS_DIR, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TUNE_CONFIGS = sorted((REPO / "configs" / "tune").glob("*.yaml"))
