@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class AugmentConfig:
-    """SimCLR augmentation (METHOD.md, Training defaults). Crop and flip happen per image in the loader;
+    """SimCLR augmentation (docs/spec/METHOD.md, Training defaults). Crop and flip happen per image in the loader;
     the photometric part runs on whole batches on the training device (FFCV has no such ops)."""
 
     crop_scale_min: float = 0.5  # SimCLR (the papers): 0.08; digits are 8 px, so a gentler crop by default
@@ -96,7 +96,7 @@ class ModelConfig:
 
 @dataclass
 class SGHMCConfig:
-    """Negative views x^c (METHOD.md, eqs 16-18, Algorithm 1). delta1 = friction, delta2 = step size,
+    """Negative views x^c (docs/spec/METHOD.md, eqs 16-18, Algorithm 1). delta1 = friction, delta2 = step size,
     delta3 = noise scale, steps = zeta."""
 
     steps: int = 1
@@ -107,7 +107,7 @@ class SGHMCConfig:
     potential_space: str = "backbone"  # backbone | projection: where h(.) in U(X) is taken
     potential_pairs: str = "batch"  # batch: all x^b_j of the batch; self: only j = i (literal eq 16)
     resolution: int = 0  # run the chain at this resolution (reference code: 32); 0 = training resolution
-    momentum_update: str = "updated"  # updated: X += delta2 * p_new (METHOD.md); printed: uses the old p
+    momentum_update: str = "updated"  # updated: X += delta2 * p_new (docs/spec/METHOD.md); printed: uses the old p
 
 
 @dataclass

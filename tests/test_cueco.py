@@ -1,4 +1,4 @@
-"""CueCo: its three losses and its momentum clustering against per-sample loops (METHOD.md, CueCo)."""
+"""CueCo: its three losses and its momentum clustering against per-sample loops (docs/spec/METHOD.md, CueCo)."""
 
 from __future__ import annotations
 
