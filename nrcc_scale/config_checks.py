@@ -11,23 +11,27 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import nrcc_scale.data.formats  # noqa: F401  (fills the data registry below; goes when the registry lists its names)
 from nrcc_scale.config import NEGATIVE_KINDS, SHARD_FORMATS, Config, ConfigError
-from nrcc_scale.data.registry import BUILDERS as DATASET_BUILDERS
-from nrcc_scale.methods import METHOD_CLASSES
-from nrcc_scale.models.backbones import CIFAR_STEM_FAMILIES, backbone_family, check_backbone_name
+
+# The registries are imported when a config is checked, not when this module is: they pull in torch and timm,
+# which the command lines' own argument errors (and `python -m nrcc_scale.evaluate --embeddings`) do not need.
 
 __all__ = ["check_choice", "check_range", "dataset_names", "method_names", "validate_config"]
 
 
 def method_names() -> tuple[str, ...]:
     """The ``method.name`` values: the methods registry (``nrcc_scale.methods.METHOD_CLASSES``)."""
+    from nrcc_scale.methods import METHOD_CLASSES
+
     return tuple(METHOD_CLASSES)
 
 
 def dataset_names() -> tuple[str, ...]:
     """The ``data.dataset`` values: the data registry (``nrcc_scale.data.registry``)."""
-    return tuple(DATASET_BUILDERS)
+    import nrcc_scale.data.formats  # noqa: F401  (fills the registry; goes when the registry lists its names)
+    from nrcc_scale.data.registry import BUILDERS
+
+    return tuple(BUILDERS)
 
 
 def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -82,6 +86,8 @@ def validate_config(cfg: Config) -> None:
     for name in ("brightness", "contrast", "saturation"):
         check_range(f"data.augment.{name}", getattr(a, name), 0.0)
     check_range("data.augment.hue", a.hue, 0.0, 0.5)
+
+    from nrcc_scale.models.backbones import CIFAR_STEM_FAMILIES, backbone_family, check_backbone_name
 
     check_backbone_name(m.backbone)  # any timm model name, or an alias; close matches when misspelt
     if m.cifar_stem and backbone_family(m.backbone) not in CIFAR_STEM_FAMILIES:
