@@ -189,7 +189,7 @@ def train_and_embed(job: dict[str, Any]) -> tuple[Any, Any, Any]:
     import torch
 
     torch.set_num_threads(1)
-    from nrcc_scale.config import load_config
+    from nrcc_scale.config_load import load_config
     from nrcc_scale.data.registry import build_data
     from nrcc_scale.engine.checkpoint import find_latest_checkpoint
     from nrcc_scale.engine.context import LocalContext

@@ -213,7 +213,8 @@ def _drop_self_ids(ids: np.ndarray, k: int) -> np.ndarray:
 
 
 def _config(method: str, backbone: str, nrcc: bool, batch: int, overrides: dict[str, Any] | None = None):
-    from nrcc_scale.config import Config, validate_config
+    from nrcc_scale.config import Config
+    from nrcc_scale.config_checks import validate_config
 
     cfg = Config()
     cfg.method.name = method

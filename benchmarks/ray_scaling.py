@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from _common import parse_args, print_table, write_json
 
-from nrcc_scale.config import Config, apply_overrides, config_from_dict, load_config
+from nrcc_scale.config import Config
+from nrcc_scale.config_load import apply_overrides, config_from_dict, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

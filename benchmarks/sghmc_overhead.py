@@ -3,7 +3,8 @@
 Modes, timed on the same backbone, batch and device, in interleaved rounds so drifting machine load hits
 every mode alike; the table reports medians and the ratios NRCC / base:
 
-* ``byol``, ``byol+nrcc`` (ours: SGHMC reuses BYOL's target forward, METHOD.md), ``infonce``, ``infonce+nrcc``;
+* ``byol``, ``byol+nrcc`` (ours: SGHMC reuses BYOL's target forward, docs/spec/METHOD.md), ``infonce``,
+  ``infonce+nrcc``;
 * ``byol+nrcc (reference)`` — the public reference code's way: the chain runs over chunks of 16 images, each
   chunk recomputing the target embedding of the whole view-b batch, then a wasted online forward of x^c with
   a graph, then the step. Written here only to measure it; the library never does this.
@@ -23,7 +24,7 @@ from collections.abc import Callable
 import _common
 import torch
 
-from nrcc_scale.config import load_config
+from nrcc_scale.config_load import load_config
 from nrcc_scale.methods import build_method
 from nrcc_scale.methods.sghmc import alignment_potential, sghmc_chain
 from nrcc_scale.models.batchnorm import preserved_batchnorm_stats

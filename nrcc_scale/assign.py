@@ -178,7 +178,7 @@ def _embed(args: argparse.Namespace, checkpoint: Path, source, calibration: dict
         trained = load_trained(checkpoint, device)
         return embed_source(trained.method.embedding_model(), source, trained.resolution, device, args.batch_size,
                             progress=True, desc="embed")
-    from nrcc_scale.config import config_from_dict
+    from nrcc_scale.config_load import config_from_dict
     from nrcc_scale.engine.checkpoint import read_state
     from nrcc_scale.evaluation.parallel_embed import embed_with_ray
     from nrcc_scale.ray_setup import init_ray

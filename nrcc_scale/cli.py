@@ -7,7 +7,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from nrcc_scale.config import Config, ConfigError, load_config
+from nrcc_scale.config import Config, ConfigError
+from nrcc_scale.config_load import load_config
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

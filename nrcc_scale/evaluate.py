@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from nrcc_scale.cli import run_main
-from nrcc_scale.config import ConfigError, EvalConfig, apply_overrides, load_config
+from nrcc_scale.config import ConfigError, EvalConfig
+from nrcc_scale.config_load import apply_overrides, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +86,7 @@ def _from_checkpoint(args: argparse.Namespace) -> tuple[dict, str, Path]:
     if not args.no_ray:
         import os
 
-        from nrcc_scale.config import config_from_dict
+        from nrcc_scale.config_load import config_from_dict
         from nrcc_scale.evaluation.parallel_embed import embed_with_ray
         from nrcc_scale.ray_setup import init_ray
 

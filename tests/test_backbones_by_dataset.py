@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from nrcc_scale.config import load_config
+from nrcc_scale.config_load import load_config
 from nrcc_scale.engine.optim import build_optimizer
 from nrcc_scale.methods import build_method
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nrcc_scale.config import Config, ConfigError, load_config, save_config
+from nrcc_scale.config import Config, ConfigError, save_config
+from nrcc_scale.config_load import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,8 @@ import argparse
 import pytest
 
 from nrcc_scale.cli import add_config_arguments, config_from_args
-from nrcc_scale.config import ConfigError, load_config
+from nrcc_scale.config import ConfigError
+from nrcc_scale.config_load import load_config
 
 
 @pytest.mark.parametrize(("text", "expected"), [("off", "off"), ("false", "off"), ("False", "off"), ("no", "off"),

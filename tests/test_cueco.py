@@ -1,4 +1,4 @@
-"""CueCo: its three losses and its momentum clustering against per-sample loops (METHOD.md, CueCo)."""
+"""CueCo: its three losses and its momentum clustering against per-sample loops (docs/spec/METHOD.md, CueCo)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nrcc_scale.config import CueCoConfig, load_config
+from nrcc_scale.config import CueCoConfig
+from nrcc_scale.config_load import load_config
 from nrcc_scale.methods import build_method
 from nrcc_scale.methods.cueco import MomentumClusters, cueco_losses
 

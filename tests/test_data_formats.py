@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nrcc_scale.config import DATASETS, DataConfig, load_config
+from nrcc_scale.config import DataConfig
+from nrcc_scale.config_checks import dataset_names
+from nrcc_scale.config_load import load_config
 from nrcc_scale.data import formats
 from nrcc_scale.data.__main__ import main as data_cli
 from nrcc_scale.data.base import ConcatSource, DataError, SubsetSource
@@ -173,7 +175,7 @@ def add_bad_files(folder: Path) -> dict[str, Path]:
 
 
 def test_every_configured_dataset_has_a_builder() -> None:
-    assert set(DATASETS) <= set(BUILDERS)
+    assert set(dataset_names()) <= set(BUILDERS)
 
 
 def test_all_dataset_configs_load() -> None:
@@ -183,7 +185,7 @@ def test_all_dataset_configs_load() -> None:
             "imagenet1k_resnet50", "imagenet1k_vit_small", "cifar10_lt", "cifar20_lt"} <= names
     for path in files:
         cfg = load_config([path])
-        assert cfg.data.dataset in DATASETS
+        assert cfg.data.dataset in dataset_names()
         assert cfg.data.root.startswith("/data/")
         assert cfg.model.projector_hidden == 4096 and cfg.model.projector_dim == 256
         assert cfg.train.batch_size == 256

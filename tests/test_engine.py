@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nrcc_scale.config import load_config
+from nrcc_scale.config_load import load_config
 from nrcc_scale.engine.optim import LARS, build_optimizer
 from nrcc_scale.engine.schedule import cosine_with_warmup, peak_lr, set_learning_rate
 from nrcc_scale.methods import build_method

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nrcc_scale.config import load_config
+from nrcc_scale.config_load import load_config
 from nrcc_scale.methods import METHOD_CLASSES, build_method
 
 pytestmark = [pytest.mark.gpu,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nrcc_scale.config import ConfigError, load_config
+from nrcc_scale.config import ConfigError
+from nrcc_scale.config_load import load_config
 from nrcc_scale.engine.gpu_defaults import (
     amp_dtype,
     convert_sync_bn,

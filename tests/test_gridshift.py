@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from nrcc_scale.cluster import GridShift, estimate_bandwidth
-from nrcc_scale.cluster import gridshift as gridshift_module
+from nrcc_scale.cluster import gridshift_backends as gridshift_module
 
 
 def meanshift_pp(X: np.ndarray, h: float, max_iter: int = 100) -> tuple[np.ndarray, int]:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nrcc_scale.config import EvalConfig, load_config
+from nrcc_scale.config import EvalConfig
+from nrcc_scale.config_load import load_config
 from nrcc_scale.data.registry import build_data
 from nrcc_scale.evaluation.label_free import (
     RANKME_EPS,

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from nrcc_scale.config import load_config
+from nrcc_scale.config_load import load_config
 from nrcc_scale.methods import build_method
 from nrcc_scale.methods.barlow_twins import barlow_twins_loss
 from nrcc_scale.methods.cueco import MomentumClusters

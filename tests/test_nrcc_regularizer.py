@@ -1,5 +1,5 @@
 """The NRCC regularizer against independent computations: a brute-force loop for its value, and the
-closed-form gradients (NRCC eqs 10-14, derived from R_i as METHOD.md states it) for autograd.
+closed-form gradients (NRCC eqs 10-14, derived from R_i as docs/spec/METHOD.md states it) for autograd.
 
 R_i = lambda [ LSE_{j != i}(<u_i, c_j>/tau) - w LSE_j(<u_i, b_j>/tau) ],  R = mean_i R_i
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nrcc_scale.config import CueCoConfig, load_config
+from nrcc_scale.config import CueCoConfig
+from nrcc_scale.config_load import load_config
 from nrcc_scale.methods import build_method
 from nrcc_scale.methods.barlow_twins import barlow_twins_loss
 from nrcc_scale.methods.byol import byol_loss

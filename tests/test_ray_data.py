@@ -29,7 +29,8 @@ import pytest
 import torch
 from shard_helpers import corrupt_shard_row
 
-from nrcc_scale.config import Config, ConfigError, load_config
+from nrcc_scale.config import Config, ConfigError
+from nrcc_scale.config_load import load_config
 from nrcc_scale.data.augment import SpatialAugment
 from nrcc_scale.data.base import ArraySource, DataError
 from nrcc_scale.data.parquet_shards import decode_image, read_manifest, write_shards

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import s3_fixtures as s3f
 
-from nrcc_scale.config import load_config
+from nrcc_scale.config_load import load_config
 from nrcc_scale.data.registry import build_data
 from nrcc_scale.utils import remote_fs
 

@@ -32,7 +32,7 @@ import psutil
 import pytest
 import torch
 
-from nrcc_scale.config import load_config
+from nrcc_scale.config_load import load_config
 from nrcc_scale.engine.checkpoint import (
     REQUIRED_STATE_KEYS,
     TEST_PAUSE_ENV,

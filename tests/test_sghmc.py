@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nrcc_scale.config import SGHMCConfig, load_config
+from nrcc_scale.config import SGHMCConfig
+from nrcc_scale.config_load import load_config
 from nrcc_scale.methods import build_method
 from nrcc_scale.methods.sghmc import (
     alignment_potential,
@@ -68,7 +69,7 @@ def test_one_sghmc_step_equals_a_hand_written_update_with_the_same_noise() -> No
     r1 = torch.randn_like(x0)
     g = torch.clamp(3.0 * x0, -1.0, 1.0)
     p1 = 0.9 * p0 - 0.05 * g + 0.99 * r1
-    expected = x0 + 0.05 * p1  # METHOD.md: the updated p
+    expected = x0 + 0.05 * p1  # docs/spec/METHOD.md: the updated p
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-15)
     # the printed Algorithm 1 (old p) would ignore the gradient entirely in one step
     torch.manual_seed(123)

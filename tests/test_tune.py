@@ -24,25 +24,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from test_resume import kill_tree
 
-from nrcc_scale.config import ConfigError, load_config
+from nrcc_scale.config import ConfigError
+from nrcc_scale.config_load import load_config
 from nrcc_scale.engine.checkpoint import find_latest_checkpoint, read_state
 from nrcc_scale.engine.context import RUN_DIR_TAG
 from nrcc_scale.engine.loop import FAULT_ENV, FAULT_MARKER_ENV
 from nrcc_scale.train import RAY_RUN_SNAPSHOT
-from nrcc_scale.tune import (
-    BEST_CONFIG,
-    RESULTS_CSV,
-    RUNS_DIR,
-    best_row,
-    load_sweep,
-    make_scheduler,
-    param_space,
-    write_best_config,
-)
+from nrcc_scale.tune_ray import make_scheduler, param_space
+from nrcc_scale.tune_results import best_row, write_best_config
+from nrcc_scale.tune_schema import BEST_CONFIG, RESULTS_CSV, RUNS_DIR, load_sweep, trial_config
 
 REPO = Path(__file__).resolve().parents[1]
 TUNE_CONFIGS = sorted((REPO / "configs" / "tune").glob("*.yaml"))
@@ -127,6 +122,21 @@ def test_best_config_is_a_train_config(tmp_path: Path) -> None:
     cfg = load_config([tmp_path / BEST_CONFIG])
     assert cfg.method.nrcc.weight == 0.5 and cfg.method.nrcc.sghmc.steps == 3 and cfg.train.epochs == 4
     assert cfg.name == ""  # a fresh, timestamped run, not a resume of the trial's run
+
+
+def test_trial_config_is_the_command_line_config() -> None:
+    """A trial's sampled values (numpy scalars from Tune's samplers, strings, lists, null) are written in as
+    mappings and give the config the same ``key=value`` overrides give on the command line."""
+    params = {"method.nrcc.weight": np.float64(0.5), "method.nrcc.sghmc.steps": np.int64(3), "optim.base_lr": 1e-05,
+              "method.nrcc.negatives": "hmc", "eval.bandwidth": None, "method.cueco.weights": [1, 0.5, 0.2],
+              "method.nrcc.enabled": np.bool_(True), "name": 123}
+    cfg = trial_config(load_config().to_dict(), params)
+    assert cfg == load_config(overrides=["method.nrcc.weight=0.5", "method.nrcc.sghmc.steps=3", "optim.base_lr=1e-05",
+                                         "method.nrcc.negatives=hmc", "eval.bandwidth=null",
+                                         "method.cueco.weights=[1, 0.5, 0.2]", "method.nrcc.enabled=true", "name=123"])
+    assert type(cfg.method.nrcc.sghmc.steps) is int and type(cfg.method.nrcc.weight) is float
+    with pytest.raises(ConfigError, match=re.escape("method.nrcc.sghmc.steps = 0: must be in [1, inf]")):
+        trial_config(load_config().to_dict(), {"method.nrcc.sghmc.steps": np.int64(0)})
 
 
 # ----------------------------------------------------------------------------------------------------------

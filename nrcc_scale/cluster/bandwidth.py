@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from nrcc_scale.cluster.gridshift import GridShift, _check_input
+from nrcc_scale.cluster.gridshift_core import check_input, run_gridshift
 from nrcc_scale.cluster.metrics import adjusted_rand
 
 __all__ = ["BandwidthScan", "bandwidth_scan", "estimate_bandwidth"]
@@ -72,7 +72,7 @@ def bandwidth_scan(
     random_state: int = 0,
 ) -> BandwidthScan:
     """Scan bandwidths and pick the centre of the most stable plateau; see the module docstring."""
-    _check_input(X)
+    check_input(X)
     X = np.asarray(X.detach().cpu().numpy() if hasattr(X, "detach") else X, dtype=np.float64)
     if len(X) > max_samples:
         rng = np.random.default_rng(random_state)
@@ -85,7 +85,7 @@ def bandwidth_scan(
     bandwidths, partitions = [], []
     h = extent
     for _ in range(max_steps):
-        labels = GridShift(bandwidth=h, backend="numpy").fit_predict(X)
+        labels = run_gridshift(X, h, backend="numpy").labels
         bandwidths.append(h)
         partitions.append(labels)
         if _fragmented(labels, min_cluster_size):

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nrcc_scale.config import DATASETS, Config, ConfigError, load_config, validate_config
+from nrcc_scale.config import Config, ConfigError
+from nrcc_scale.config_checks import dataset_names, validate_config
+from nrcc_scale.config_load import load_config
 from nrcc_scale.data.base import DataBundle, DataError, ImageSource
 
 SPLITS = ("train", "test", "evaluate", "all")
@@ -35,7 +37,7 @@ class UsageError(Exception):
 def _add_data_args(parser: argparse.ArgumentParser, need_root: bool = True) -> None:
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="run config(s) whose data section to use (flags override it)")
-    parser.add_argument("--dataset", choices=DATASETS, help="data set name")
+    parser.add_argument("--dataset", choices=dataset_names(), help="data set name")
     parser.add_argument("--root", help="data folder (see nrcc_scale/data/formats.py for each layout)")
     parser.add_argument("--on-bad-file", choices=("fail", "skip"),
                         help="unreadable or corrupt images: stop with their paths (fail) or leave them "

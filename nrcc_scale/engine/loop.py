@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from nrcc_scale.config import Config, ConfigError, config_from_dict
+from nrcc_scale.config import Config, ConfigError
+from nrcc_scale.config_load import config_from_dict
 from nrcc_scale.data.augment import BatchPhotometricAugment
 from nrcc_scale.data.base import DataBundle
 from nrcc_scale.data.loaders import TrainLoader, build_train_loader

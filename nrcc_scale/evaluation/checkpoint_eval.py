@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from nrcc_scale.config import Config, EvalConfig, apply_overrides, config_from_dict
+from nrcc_scale.config import Config, EvalConfig
+from nrcc_scale.config_load import apply_overrides, config_from_dict
 from nrcc_scale.data.base import DataBundle, SubsetSource, raw_pixel_features
 from nrcc_scale.data.registry import build_data
 from nrcc_scale.engine.checkpoint import read_state

@@ -1,5 +1,5 @@
 """CueCo (seed 000): InfoNCE against a MoCo queue, plus a centroid-contrastive loss and a variance loss over
-momentum-updated cluster centroids (METHOD.md fixes what the summary leaves open).
+momentum-updated cluster centroids (docs/spec/METHOD.md fixes what the summary leaves open).
 
     L1 = InfoNCE of query z against its key z' (momentum encoder, other view) and the K queued keys, tau
     L2 = cross-entropy of <z, c_l> / tau_c against i[z] = argmax_l <z', c_l>          (tau_c = tau)

@@ -1,4 +1,4 @@
-"""The NRCC regularizer (METHOD.md; NRCC eqs 5-6 written the way its gradients 10-14 require).
+"""The NRCC regularizer (docs/spec/METHOD.md; NRCC eqs 5-6 written the way its gradients 10-14 require).
 
 For an anchor u_i (unit vector):
 
@@ -7,7 +7,7 @@ For an anchor u_i (unit vector):
 The first term pushes u_i away from the (hard) negative views v^c_j of the *other* images, weighted by a
 softmax, so a near-duplicate negative does most of the pushing; the second pulls u_i towards its own
 positive v^b_i and (less) towards the other v^b_j. The printed fraction of eqs 5-6 is upside down with
-respect to this; METHOD.md explains why this form is the one consistent with the paper's analysis.
+respect to this; docs/spec/METHOD.md explains why this form is the one consistent with the paper's analysis.
 
 j runs over the whole batch of every worker (``v_pos`` and ``v_neg`` already gathered by the caller), and
 ``offset`` locates this worker's anchors in it, so "j != i" removes the anchor's own x^c.

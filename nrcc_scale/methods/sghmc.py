@@ -1,10 +1,10 @@
 """Negative views x^c for NRCC: one (or zeta) steps of SGHMC, and the paper's ablations HMC and MC.
 
-Potential over an image batch X (normalised pixel space), h(.) a frozen network (METHOD.md, eq 16):
+Potential over an image batch X (normalised pixel space), h(.) a frozen network (docs/spec/METHOD.md, eq 16):
 
     U(X_i) = sum_j -log(1 + cos^2(h(X_i), h(x^b_j)))         (pairs = "batch"; "self": only j = i)
 
-SGHMC step (eqs 17-18 with the corrections METHOD.md states), repeated ``steps`` (zeta) times:
+SGHMC step (eqs 17-18 with the corrections docs/spec/METHOD.md states), repeated ``steps`` (zeta) times:
 
     p <- (1 - delta1) p - delta2 * clip(grad_X U, -c, c) + delta3 * r,   r ~ N(0, I)
     X <- X + delta2 * p                                      (the *updated* p; "printed": the old p)

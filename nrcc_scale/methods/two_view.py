@@ -1,6 +1,6 @@
 """InfoNCE, BYOL, SimSiam and Barlow Twins, each with or without the NRCC regularizer.
 
-One step (BYOL+NRCC, ζ = 1), and why it costs about 1.25x a BYOL step (METHOD.md, "Cost matters"):
+One step (BYOL+NRCC, ζ = 1), and why it costs about 1.25x a BYOL step (docs/spec/METHOD.md, "Cost matters"):
 
 1. online forwards of x^a and x^b (with parameter gradients), as BYOL;
 2. target forwards of x^a and x^b, as BYOL — x^a's with the *input* requiring grad, so the same forward

@@ -1,4 +1,4 @@
-"""Projector and predictor heads: Linear -> BatchNorm -> ReLU -> Linear (METHOD.md notation g and q)."""
+"""Projector and predictor heads: Linear -> BatchNorm -> ReLU -> Linear (docs/spec/METHOD.md notation g and q)."""
 
 from __future__ import annotations
 
