@@ -12,8 +12,8 @@ Slow (subprocesses, real Ray Train with 2 gloo workers, and ``--no-ray``):
 (c) the process is SIGKILLed while it writes a checkpoint -> the previous checkpoint is still the latest
     complete one, it loads, and the same command resumes from it.
 
-The fault and slow-write hooks are the testing aids ``NRCC_FAULT_AT`` (nrcc_scale/engine/loop.py) and
-``NRCC_TEST_CHECKPOINT_PAUSE`` (nrcc_scale/engine/checkpoint.py); both are inert unless set.
+The fault and slow-write hooks are the testing aids ``NRCC_FAULT_AT`` and ``NRCC_TEST_CHECKPOINT_PAUSE``
+(nrcc_scale/testing.py, plugged into the loop by ``nrcc_scale.train.loop_hooks``); both are inert unless set.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import torch
 from nrcc_scale.config import load_config
 from nrcc_scale.engine.checkpoint import (
     REQUIRED_STATE_KEYS,
-    TEST_PAUSE_ENV,
     checkpoint_is_complete,
     find_latest_checkpoint,
     read_rng,
@@ -43,8 +42,9 @@ from nrcc_scale.engine.checkpoint import (
     rng_file,
 )
 from nrcc_scale.engine.context import TENSORBOARD_DIR, LocalContext
-from nrcc_scale.engine.loop import FAULT_ENV, FAULT_MARKER_ENV, InjectedFault, train_worker
-from nrcc_scale.train import RAY_RUN_SNAPSHOT
+from nrcc_scale.engine.loop import train_worker
+from nrcc_scale.testing import FAULT_ENV, FAULT_MARKER_ENV, TEST_PAUSE_ENV, InjectedFault
+from nrcc_scale.train import RAY_RUN_SNAPSHOT, loop_hooks
 
 REPO = Path(__file__).resolve().parents[1]
 # Small and quick, and still the default method (BYOL + NRCC with SGHMC negatives, whose noise and the
@@ -66,23 +66,23 @@ TIMEOUT_S = 420
 
 
 def _model_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return read_state(checkpoint)["model"]
+    return read_state(checkpoint).model
 
 
 def assert_bit_identical(a: Path, b: Path) -> None:
     """Model (online, target, predictor, buffers) and optimizer state of two checkpoints are equal bit for bit."""
     sa, sb = read_state(a), read_state(b)
-    assert sa["epoch"] == sb["epoch"] and sa["step"] == sb["step"]
-    assert sa["model"].keys() == sb["model"].keys()
-    different = [k for k in sa["model"] if not torch.equal(sa["model"][k], sb["model"][k])]
+    assert sa.epoch == sb.epoch and sa.step == sb.step
+    assert sa.model.keys() == sb.model.keys()
+    different = [k for k in sa.model if not torch.equal(sa.model[k], sb.model[k])]
     assert not different, f"{len(different)} model tensors differ, e.g. {different[:5]}"
-    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values(), strict=True):
+    for pa, pb in zip(sa.optimizer["state"].values(), sb.optimizer["state"].values(), strict=True):
         for key in pa:
             assert torch.equal(pa[key], pb[key]), f"optimizer state {key} differs"
 
 
 def _history_epochs(checkpoint: Path) -> list[int]:
-    return [int(h["epoch"]) for h in read_state(checkpoint)["history"]]
+    return [int(h["epoch"]) for h in read_state(checkpoint).history]
 
 
 def _in_process(tmp: Path, name: str, overrides: list[str]) -> tuple[dict, LocalContext]:
@@ -110,7 +110,7 @@ def test_checkpoint_holds_everything_for_an_exact_resume(tmp_path: Path, method:
     overrides = ["train.epochs=1"] + (CUECO if method == "cueco" else [])
     cfg = load_config(None, [*TINY, *overrides])
     ctx = LocalContext(tmp_path, torch.device("cpu"))
-    train_worker(cfg.to_dict(), ctx)
+    train_worker(cfg.to_dict(), ctx, loop_hooks())
     checkpoint = find_latest_checkpoint(tmp_path)
     assert checkpoint is not None and checkpoint.name == "checkpoint_000001"
     assert checkpoint_is_complete(checkpoint)
@@ -147,17 +147,17 @@ def test_in_process_resume_after_a_failure_is_bit_identical(tmp_path: Path, monk
     # is saved, and its kNN (faiss) must leave the training's thread count alone
     extra = CUECO if method == "cueco" else ["train.monitor_every=1"]
     config, ctx = _in_process(tmp_path, "straight", extra)
-    train_worker(config, ctx)
+    train_worker(config, ctx, loop_hooks())
 
     monkeypatch.setenv(FAULT_ENV, "2:2:0")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fault_marker"))
     config, ctx = _in_process(tmp_path, "resumed", extra)
     with pytest.raises(InjectedFault):
-        train_worker(config, ctx)
+        train_worker(config, ctx, loop_hooks())
     assert (tmp_path / "fault_marker").exists()
     assert find_latest_checkpoint(tmp_path / "resumed").name == "checkpoint_000001"
     _, ctx = _in_process(tmp_path, "resumed", extra)
-    train_worker(config, ctx)  # the marker disarms the fault; resumes from epoch 1
+    train_worker(config, ctx, loop_hooks())  # the marker disarms the fault; resumes from epoch 1
     assert ctx.resumed_from is not None and ctx.resumed_from.endswith("checkpoint_000001")
 
     final = find_latest_checkpoint(tmp_path / "resumed")
@@ -170,7 +170,7 @@ def test_in_process_resume_after_a_failure_is_bit_identical(tmp_path: Path, monk
 
 def test_fault_hook_is_inert_without_its_variables(monkeypatch) -> None:
     from nrcc_scale.config import ConfigError
-    from nrcc_scale.engine.loop import FaultInjector
+    from nrcc_scale.testing import FaultInjector
 
     monkeypatch.delenv(FAULT_ENV, raising=False)
     assert FaultInjector.from_env() is None
@@ -311,13 +311,13 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_pat
     latest = find_latest_checkpoint(run_dir)
     assert latest is not None and latest.name == "checkpoint_000001"
     state = read_state(latest)
-    assert state["epoch"] == 1 and read_rng(latest, 0) is not None
+    assert state.epoch == 1 and read_rng(latest, 0) is not None
 
     second = _run(cmd, _env())
     assert re.search(r"resumed from \S*checkpoint_000001 at epoch 1", second), second[-3000:]
     assert _epoch_lines(second) == [2, 3]
     assert _history_epochs(find_latest_checkpoint(run_dir)) == [1, 2, 3]
-    metrics = json.dumps(read_state(find_latest_checkpoint(run_dir))["history"][-1])
+    metrics = json.dumps(read_state(find_latest_checkpoint(run_dir)).history[-1])
     assert "loss" in metrics
 
 
