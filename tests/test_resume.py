@@ -45,6 +45,7 @@ from nrcc_scale.engine.context import TENSORBOARD_DIR, LocalContext
 from nrcc_scale.engine.loop import train_worker
 from nrcc_scale.testing import FAULT_ENV, FAULT_MARKER_ENV, TEST_PAUSE_ENV, InjectedFault
 from nrcc_scale.train import RAY_RUN_SNAPSHOT, loop_hooks
+from nrcc_scale.utils.threads import keep_torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 # Small and quick, and still the default method (BYOL + NRCC with SGHMC negatives, whose noise and the
@@ -94,10 +95,9 @@ def _in_process(tmp: Path, name: str, overrides: list[str]) -> tuple[dict, Local
 @pytest.fixture
 def one_thread():
     """Deterministic and fast on a shared 2-core machine; restores the thread count afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with keep_torch_threads():
+        torch.set_num_threads(1)
+        yield
 
 
 # ----------------------------------------------------------------------------------------------------------
