@@ -35,14 +35,17 @@ import torch
 from nrcc_scale.config import load_config
 from nrcc_scale.engine.checkpoint import (
     REQUIRED_STATE_KEYS,
+    CheckpointError,
+    TrainingState,
     checkpoint_is_complete,
     find_latest_checkpoint,
     read_rng,
     read_state,
     rng_file,
+    write_checkpoint,
 )
 from nrcc_scale.engine.context import TENSORBOARD_DIR, LocalContext
-from nrcc_scale.engine.loop import train_worker
+from nrcc_scale.engine.loop import LoopHooks, train_worker
 from nrcc_scale.testing import FAULT_ENV, FAULT_MARKER_ENV, TEST_PAUSE_ENV, InjectedFault
 from nrcc_scale.train import RAY_RUN_SNAPSHOT, loop_hooks
 from nrcc_scale.utils.threads import keep_torch_threads
@@ -178,6 +181,59 @@ def test_fault_hook_is_inert_without_its_variables(monkeypatch) -> None:
     monkeypatch.delenv(FAULT_MARKER_ENV, raising=False)
     with pytest.raises(ConfigError, match=FAULT_MARKER_ENV):
         FaultInjector.from_env()
+
+
+def _state(**changes) -> TrainingState:
+    fields = dict(model={"w": torch.arange(3.0)}, optimizer={"state": {}, "param_groups": []}, scaler=None, epoch=2,
+                  step=10, sampler_epoch=2, schedule={"total_steps": 15}, history=[{"epoch": 1}, {"epoch": 2}],
+                  config={"name": "x"}, world_size=2, resolution=16)
+    return TrainingState(**{**fields, **changes})
+
+
+def test_training_state_round_trips_through_the_plain_dict_on_disk(tmp_path: Path) -> None:
+    state = _state()
+    write_checkpoint(tmp_path, 0, {"torch": torch.get_rng_state()}, state)
+    raw = torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True)
+    assert set(raw) == {*REQUIRED_STATE_KEYS, "format_version"} and raw["format_version"] == 1
+    back = read_state(tmp_path)
+    assert torch.equal(back.model["w"], state.model["w"])
+    assert (back.epoch, back.step, back.sampler_epoch, back.schedule, back.history, back.config, back.world_size,
+            back.resolution, back.scaler) == (2, 10, 2, {"total_steps": 15}, state.history, {"name": "x"}, 2, 16, None)
+    assert not checkpoint_is_complete(tmp_path)  # world size 2: rank 1's RNG file is missing
+    write_checkpoint(tmp_path, 1, {"torch": torch.get_rng_state()}, None)
+    assert checkpoint_is_complete(tmp_path)
+
+
+def test_the_first_format_1_checkpoints_still_load(tmp_path: Path) -> None:
+    """The spine's checkpoints had no sampler_epoch and schedule (and may lack world_size): the same dict
+    without them loads, with the epoch as sampler epoch, no schedule to compare and an unknown world size."""
+    raw = {k: v for k, v in _state().to_dict().items() if k not in ("sampler_epoch", "schedule", "world_size")}
+    torch.save(raw, tmp_path / "state.pt")
+    torch.save({"torch": torch.get_rng_state()}, tmp_path / rng_file(0))
+    state = read_state(tmp_path)
+    assert (state.sampler_epoch, state.schedule, state.world_size) == (2, None, None)
+    assert checkpoint_is_complete(tmp_path)  # an unknown world size counts as one worker (as before)
+    torch.save({k: v for k, v in raw.items() if k != "model"}, tmp_path / "state.pt")
+    with pytest.raises(CheckpointError, match="model missing"):
+        read_state(tmp_path)
+
+
+def test_monitor_hook_runs_on_its_epochs_and_leaves_torch_threads_alone(tmp_path: Path, one_thread) -> None:
+    """The loop runs the monitor its caller hands it (none: no monitor) and restores torch's thread count
+    around it, whatever the monitor does to the shared OpenMP pool."""
+    seen: list[int] = []
+
+    def monitor(method, cfg, data, resolution, device) -> dict[str, float]:
+        seen.append(len(seen))
+        torch.set_num_threads(2)  # as faiss's omp_set_num_threads does
+        return {"knn_acc": 0.25}
+
+    cfg = load_config(None, [*TINY, "train.epochs=2", "train.monitor_every=1"])
+    train_worker(cfg.to_dict(), LocalContext(tmp_path / "hooked", torch.device("cpu")), LoopHooks(monitor=monitor))
+    assert seen == [0, 1] and torch.get_num_threads() == 1
+    assert [h.get("knn_acc") for h in read_state(find_latest_checkpoint(tmp_path / "hooked")).history] == [0.25] * 2
+    train_worker(cfg.to_dict(), LocalContext(tmp_path / "bare", torch.device("cpu")), LoopHooks())
+    assert all("knn_acc" not in h for h in read_state(find_latest_checkpoint(tmp_path / "bare")).history)
 
 
 # ----------------------------------------------------------------------------------------------------------
