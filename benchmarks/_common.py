@@ -196,12 +196,13 @@ def train_and_embed(job: dict[str, Any]) -> tuple[Any, Any, Any]:
     from nrcc_scale.engine.loop import train_worker
     from nrcc_scale.evaluation.checkpoint_eval import load_trained
     from nrcc_scale.evaluation.embed import embed_source
+    from nrcc_scale.train import loop_hooks
 
     cpu = torch.device("cpu")
     cfg = load_config(overrides=job["overrides"])
     cfg.name = job["name"]
     run_dir = Path(job["root"]) / job["name"]
-    train_worker(cfg.to_dict(), LocalContext(run_dir, cpu, keep=1))
+    train_worker(cfg.to_dict(), LocalContext(run_dir, cpu, keep=1), loop_hooks())
     trained = load_trained(find_latest_checkpoint(run_dir), cpu)
     data = build_data(cfg.data, seed=cfg.train.seed)
     emb = embed_source(trained.method.embedding_model(), data.evaluate, trained.resolution, cpu)

@@ -373,7 +373,7 @@ def check_checkpoint(c: Checks) -> None:
     if not _have("timm"):
         c.add("checkpoint round trip", "timm not installed", SKIPPED)
         return
-    from nrcc_scale.engine.checkpoint import read_state, write_checkpoint
+    from nrcc_scale.engine.checkpoint import TrainingState, read_state, write_checkpoint
     from nrcc_scale.methods import build_method
 
     dtype = _amp_dtype()("auto", c.device)
@@ -391,12 +391,14 @@ def check_checkpoint(c: Checks) -> None:
     xs = [torch.randn(16, 3, res, res, device=c.device) for _ in range(2)]
     _step_once(method, optimizer, xs, dtype, scaler)
     with tempfile.TemporaryDirectory() as tmp:
-        write_checkpoint(Path(tmp), 0, {"cpu": torch.get_rng_state()},
-                         {"model": method.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 0})
+        saved = TrainingState(model=method.state_dict(), optimizer=optimizer.state_dict(), scaler=None, epoch=0,
+                              step=1, sampler_epoch=0, schedule=None, history=[], config=cfg.to_dict(),
+                              world_size=1, resolution=res)
+        write_checkpoint(Path(tmp), 0, {"cpu": torch.get_rng_state()}, saved)
         state = read_state(Path(tmp))
     restored, restored_opt = fresh()
-    restored.load_state_dict(state["model"])
-    restored_opt.load_state_dict(state["optimizer"])
+    restored.load_state_dict(state.model)
+    restored_opt.load_state_dict(state.optimizer)
     equal = all(torch.equal(a, b) for a, b in zip(method.state_dict().values(), restored.state_dict().values(),
                                                   strict=True))
     torch.manual_seed(1)

@@ -34,7 +34,7 @@ from nrcc_scale.data.registry import build_data
 from nrcc_scale.engine.checkpoint import find_latest_checkpoint
 from nrcc_scale.evaluation.checkpoint_eval import load_trained
 from nrcc_scale.evaluation.embed import normalizer
-from nrcc_scale.methods.sghmc import alignment_potential, negative_views
+from nrcc_scale.methods.sghmc import negative_views, potential_gradient
 from nrcc_scale.models.batchnorm import preserved_batchnorm_stats
 
 ZETAS = (1, 3, 5, 7, 9, 11, 13)
@@ -107,13 +107,14 @@ def measure(checkpoint: Path, samples: int, batch: int, seed: int) -> dict[str, 
             h_b, z_b = network(view_b)
         ref = h_b if space == "backbone" else z_b
 
+        def features(xs: torch.Tensor) -> torch.Tensor:
+            h, z = network(xs)
+            return h if space == "backbone" else z
+
         def grad_at(xs: torch.Tensor, ref: torch.Tensor = ref) -> torch.Tensor:
-            xs = xs.detach().requires_grad_(True)
             network.train()
-            with torch.enable_grad(), preserved_batchnorm_stats(network):
-                h, z = network(xs)
-                (g,) = torch.autograd.grad(alignment_potential(h if space == "backbone" else z, ref,
-                                                               sghmc_cfg.potential_pairs), xs)
+            with preserved_batchnorm_stats(network):  # the training's potential gradient, BN untouched
+                g = potential_gradient(features, xs, ref, sghmc_cfg.potential_pairs)
             network.eval()
             return g
 

@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"--images {args.images}: no such folder")
     from nrcc_scale.engine.checkpoint import read_state
 
-    cfg_data = read_state(checkpoint)["config"]["data"]
+    cfg_data = read_state(checkpoint).config["data"]
     try:
         source = folder_source(args.images, calibration["mean"], calibration["std"], cfg_data["on_bad_file"])
     except DataError as err:
@@ -183,7 +183,7 @@ def _embed(args: argparse.Namespace, checkpoint: Path, source, calibration: dict
     from nrcc_scale.evaluation.parallel_embed import embed_with_ray
     from nrcc_scale.ray_setup import init_ray
 
-    cfg = config_from_dict(read_state(checkpoint)["config"])
+    cfg = config_from_dict(read_state(checkpoint).config)
     print(init_ray(cfg.ray), flush=True)
     shards = args.shards or max(1, os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="nrcc-assign-") as tmp:

@@ -94,7 +94,7 @@ def _from_checkpoint(args: argparse.Namespace) -> tuple[dict, str, Path]:
             state = read_state(checkpoint)
         except CheckpointError as err:
             raise ConfigError(str(err)) from None
-        cfg = apply_overrides(config_from_dict(state["config"]), args.overrides)
+        cfg = apply_overrides(config_from_dict(state.config), args.overrides)
         print(init_ray(cfg.ray), flush=True)
         n = len(build_data(cfg.data, seed=cfg.train.seed).evaluate)
         shards = args.shards or max(1, (os.cpu_count() or 1))

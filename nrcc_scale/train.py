@@ -34,7 +34,8 @@ from nrcc_scale.cli import add_config_arguments, config_from_args, run_main
 from nrcc_scale.config import Config, ConfigError, save_config
 from nrcc_scale.engine.checkpoint import find_latest_checkpoint
 from nrcc_scale.engine.context import LocalContext, RayContext
-from nrcc_scale.engine.loop import train_worker
+from nrcc_scale.engine.loop import LoopHooks, train_worker
+from nrcc_scale.testing import FaultInjector, checkpoint_pause_from_env
 from nrcc_scale.utils.files import atomic_write_json
 
 #: The file in ``storage_path/name`` from which Ray Train V2 (2.60) restores a run's checkpoint list when a
@@ -64,11 +65,27 @@ def quiet_ray_train_worker_logs() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def training_monitor(method: Any, cfg: Config, data: Any, resolution: int, device: torch.device) -> dict[str, float]:
+    """The loop's monitor (:mod:`nrcc_scale.evaluation.monitor`), imported when it first runs: faiss and
+    UMAP are loaded only by runs that reach a monitor epoch, after training started (as always)."""
+    from nrcc_scale.evaluation.monitor import training_monitor as monitor
+
+    return monitor(method, cfg, data, resolution, device)
+
+
+def loop_hooks() -> LoopHooks:
+    """The hooks every training run hands the loop: the training monitor, and the testing aids of
+    :mod:`nrcc_scale.testing` when their environment variables are set (read here, in the worker)."""
+    fault = FaultInjector.from_env()
+    return LoopHooks(monitor=training_monitor, before_batch=fault.check if fault is not None else None,
+                     before_state_file=checkpoint_pause_from_env())
+
+
 def ray_train_loop(config: dict[str, Any]) -> None:
     """What every Ray Train worker runs."""
     quiet_ray_train_worker_logs()
     run_dir = Path(config["run_dir"]) if config.get("run_dir") else None
-    train_worker(config["config"], RayContext(run_dir))
+    train_worker(config["config"], RayContext(run_dir), loop_hooks())
 
 
 def build_trainer(cfg: Config, storage: str, run_dir: Path, callbacks: Sequence[Any] = ()) -> Any:
@@ -168,7 +185,7 @@ def _existing_checkpoint(run_dir: Path) -> Path:
 def train_in_process(cfg: Config, run_dir: Path) -> Path:
     """The same loop in this process; a re-run with the same name resumes from ``run_dir/checkpoints``."""
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.use_gpu is not False else "cpu")
-    train_worker(cfg.to_dict(), LocalContext(run_dir, device, keep=cfg.train.keep_checkpoints))
+    train_worker(cfg.to_dict(), LocalContext(run_dir, device, keep=cfg.train.keep_checkpoints), loop_hooks())
     return _existing_checkpoint(run_dir)
 
 

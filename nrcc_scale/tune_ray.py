@@ -107,7 +107,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], runs_dir: str, evalu
     from nrcc_scale.evaluation.checkpoint_eval import evaluate_checkpoint
 
     scores, _table = evaluate_checkpoint(checkpoint, run_dir)
-    last_epoch = dict(read_state(checkpoint)["history"][-1])
+    last_epoch = dict(read_state(checkpoint).history[-1])
     ray.tune.report({**numeric_metrics(last_epoch), **numeric_metrics(scores), "evaluated": 1})
 
 

@@ -68,3 +68,48 @@ def test_lars_scales_each_layer_by_its_trust_ratio() -> None:
     trust = 0.01 * w.detach().new_tensor(4.0) / 1.0  # |w| = 4 before the step, |g| = 1
     torch.testing.assert_close(w.detach(), torch.full((2, 2), 2.0 - float(trust) * 0.5))
     torch.testing.assert_close(b.detach(), torch.full((2,), -0.5))  # 1-d: plain SGD, no trust ratio
+
+
+@pytest.mark.parametrize("name", ["byol", "cueco", "infonce", "simsiam", "barlow_twins"])
+def test_momentum_base_owns_the_target_and_its_ema(name: str) -> None:
+    """BYOL and CueCo get their EMA target from one base class; the others have none. After a step the
+    target equals m * target + (1 - m) * online with m from the cosine schedule."""
+    from nrcc_scale.methods.momentum import MomentumMethod
+
+    cfg = load_config(overrides=[f"method.name={name}", "model.projector_hidden=16", "model.predictor_hidden=16",
+                                 "model.projector_dim=8", "method.cueco.queue_size=8",
+                                 "method.cueco.num_centroids=4", "method.ema_momentum=0.9"])
+    torch.manual_seed(0)
+    method = build_method(cfg, 8)
+    if name not in ("byol", "cueco"):
+        assert not isinstance(method, MomentumMethod) and not hasattr(method, "target")
+        assert method.eval_encoder() is method.online
+        return
+    assert isinstance(method, MomentumMethod) and method.eval_encoder() is method.target
+    assert all(not p.requires_grad for p in method.target.parameters())
+    with torch.no_grad():
+        for p in method.online.parameters():
+            p.add_(0.5)
+    before = [p.clone() for p in method.target.parameters()]
+    method.after_optimizer_step(0.5)
+    m = 1.0 - 0.1 * (math.cos(math.pi * 0.5) + 1.0) / 2.0  # 0.95
+    for t, b, o in zip(method.target.parameters(), before, method.online.parameters(), strict=True):
+        torch.testing.assert_close(t, m * b + (1 - m) * o)
+
+
+def test_engine_and_methods_import_no_evaluation_or_test_code() -> None:
+    """The arrows run one way: the loop gets the monitor and the testing aids from its caller (train.py)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "nrcc_scale"
+    offending = []
+    for folder in ("engine", "methods", "models"):
+        for path in sorted((package / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                offending += [f"{folder}/{path.name}: {n}" for n in names
+                              if n.startswith(("nrcc_scale.evaluation", "nrcc_scale.testing", "nrcc_scale.train",
+                                               "nrcc_scale.tune"))]
+    assert not offending, offending

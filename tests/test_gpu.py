@@ -112,27 +112,29 @@ def test_ddp_step_over_nccl() -> None:
 def test_checkpoint_and_resume_on_cuda(tmp_path: Path, monkeypatch) -> None:
     from nrcc_scale.engine.checkpoint import find_latest_checkpoint, read_state
     from nrcc_scale.engine.context import LocalContext
-    from nrcc_scale.engine.loop import FAULT_ENV, FAULT_MARKER_ENV, InjectedFault, train_worker
+    from nrcc_scale.engine.loop import train_worker
+    from nrcc_scale.testing import FAULT_ENV, FAULT_MARKER_ENV, InjectedFault
+    from nrcc_scale.train import loop_hooks
 
     cfg = load_config(overrides=["data.holdout_fraction=0.9", "train.batch_size=32", "train.checkpoint_every=1",
                                  "model.projector_hidden=64", "model.predictor_hidden=64", "model.projector_dim=32",
                                  "eval.enabled=false", "train.monitor_every=-1", "train.deterministic=true",
                                  "train.epochs=2"])
     cuda = torch.device("cuda", 0)
-    train_worker(cfg.to_dict(), LocalContext(tmp_path / "straight", cuda))
+    train_worker(cfg.to_dict(), LocalContext(tmp_path / "straight", cuda), loop_hooks())
     monkeypatch.setenv(FAULT_ENV, "2:1:0")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "marker"))
     with pytest.raises(InjectedFault):
-        train_worker(cfg.to_dict(), LocalContext(tmp_path / "resumed", cuda))
+        train_worker(cfg.to_dict(), LocalContext(tmp_path / "resumed", cuda), loop_hooks())
     ctx = LocalContext(tmp_path / "resumed", cuda)
-    train_worker(cfg.to_dict(), ctx)  # the marker disarms the fault: continues from epoch 1
+    train_worker(cfg.to_dict(), ctx, loop_hooks())  # the marker disarms the fault: continues from epoch 1
     assert ctx.resumed_from is not None and ctx.resumed_from.endswith("checkpoint_000001")
     a = read_state(find_latest_checkpoint(tmp_path / "straight"))
     b = read_state(find_latest_checkpoint(tmp_path / "resumed"))
-    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"]
-    assert [h["epoch"] for h in b["history"]] == [1, 2]
-    for key, value in a["model"].items():  # bf16 + cuDNN: equal to rounding, not necessarily bit for bit
-        torch.testing.assert_close(b["model"][key], value, rtol=1e-3, atol=1e-4, msg=key)
+    assert a.epoch == b.epoch == 2 and a.step == b.step
+    assert [h["epoch"] for h in b.history] == [1, 2]
+    for key, value in a.model.items():  # bf16 + cuDNN: equal to rounding, not necessarily bit for bit
+        torch.testing.assert_close(b.model[key], value, rtol=1e-3, atol=1e-4, msg=key)
 
 
 def test_cuda_gridshift_equals_numpy_at_a_million_points() -> None:

@@ -130,3 +130,61 @@ def test_regularizer_repels_negatives_and_attracts_positive() -> None:
     assert torch.all(after_pos > before_pos)
     hardest = torch.roll(c, 1, 0)
     assert torch.all((stepped * hardest).sum(1) < (u.detach() * hardest).sum(1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# NRCCLoss: the module the methods compose (normalisation, symmetrisation, which positives carry gradient)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _raw(n: int, d: int, seed: int) -> torch.Tensor:
+    """Un-normalised rows of varied length: the module must normalise them itself."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=DT) * torch.linspace(0.5, 3.0, n, dtype=DT)[:, None]
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_nrcc_loss_module_equals_the_loop_over_both_views(symmetric: bool, exclude_self: bool) -> None:
+    from nrcc_scale.methods.nrcc import NRCCLoss
+
+    n, d, lam, tau, w = 5, 4, 0.3, 0.2, 0.7
+    u_a, u_b, v_a, v_b, c = (_raw(n, d, s) for s in range(20, 25))
+    loss = NRCCLoss(weight=lam, temperature=tau, positive_weight=w, exclude_self=exclude_self,
+                    symmetric=symmetric)
+    got = loss((u_a, u_b), (v_a, v_b), c)
+
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        return x / x.norm(dim=1, keepdim=True)
+
+    view_a = _loop_value(unit(u_a), unit(v_a), unit(c), lam, tau, w, exclude_self)
+    view_b = _loop_value(unit(u_b), unit(v_b), unit(c), lam, tau, w, exclude_self)
+    expected = 0.5 * (view_a + view_b) if symmetric else view_a
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+
+
+def test_nrcc_loss_trains_a_positive_only_when_it_carries_a_gradient() -> None:
+    """InfoNCE/Barlow Twins pass positives with their gradient, BYOL/SimSiam detached ones; the negatives
+    never receive a gradient."""
+    from nrcc_scale.methods.nrcc import NRCCLoss
+
+    loss = NRCCLoss(weight=1.0, temperature=0.5)
+    u_a, u_b, v_a, v_b, c = (_raw(4, 3, s).requires_grad_(True) for s in range(30, 35))
+    loss((u_a, u_b), (v_a, v_b), c).backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (u_a, u_b, v_a, v_b))
+    assert c.grad is None
+    u_a2, u_b2, v_a2, v_b2 = (_raw(4, 3, s).requires_grad_(True) for s in range(30, 34))
+    loss((u_a2, u_b2), (v_a2.detach(), v_b2.detach()), c).backward()
+    assert v_a2.grad is None and v_b2.grad is None and u_a2.grad is not None
+
+
+def test_nrcc_loss_takes_lambda_tau_and_switches_from_the_config() -> None:
+    from nrcc_scale.config import NRCCConfig
+    from nrcc_scale.methods.nrcc import NRCCLoss
+
+    cfg = NRCCConfig(weight=0.25, temperature=0.3, positive_weight=0.0, exclude_self=False, gather=False,
+                     symmetric=False)
+    loss = NRCCLoss.from_config(cfg)
+    assert (loss.weight, loss.temperature, loss.positive_weight, loss.exclude_self, loss.gather, loss.symmetric) \
+        == (0.25, 0.3, 0.0, False, False, False)
+    assert not list(loss.parameters()) and not list(loss.buffers())  # nothing enters the checkpoint

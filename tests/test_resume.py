@@ -12,8 +12,8 @@ Slow (subprocesses, real Ray Train with 2 gloo workers, and ``--no-ray``):
 (c) the process is SIGKILLed while it writes a checkpoint -> the previous checkpoint is still the latest
     complete one, it loads, and the same command resumes from it.
 
-The fault and slow-write hooks are the testing aids ``NRCC_FAULT_AT`` (nrcc_scale/engine/loop.py) and
-``NRCC_TEST_CHECKPOINT_PAUSE`` (nrcc_scale/engine/checkpoint.py); both are inert unless set.
+The fault and slow-write hooks are the testing aids ``NRCC_FAULT_AT`` and ``NRCC_TEST_CHECKPOINT_PAUSE``
+(nrcc_scale/testing.py, plugged into the loop by ``nrcc_scale.train.loop_hooks``); both are inert unless set.
 """
 
 from __future__ import annotations
@@ -35,16 +35,20 @@ import torch
 from nrcc_scale.config_load import load_config
 from nrcc_scale.engine.checkpoint import (
     REQUIRED_STATE_KEYS,
-    TEST_PAUSE_ENV,
+    CheckpointError,
+    TrainingState,
     checkpoint_is_complete,
     find_latest_checkpoint,
     read_rng,
     read_state,
     rng_file,
+    write_checkpoint,
 )
 from nrcc_scale.engine.context import TENSORBOARD_DIR, LocalContext
-from nrcc_scale.engine.loop import FAULT_ENV, FAULT_MARKER_ENV, InjectedFault, train_worker
-from nrcc_scale.train import RAY_RUN_SNAPSHOT
+from nrcc_scale.engine.loop import LoopHooks, train_worker
+from nrcc_scale.testing import FAULT_ENV, FAULT_MARKER_ENV, TEST_PAUSE_ENV, InjectedFault
+from nrcc_scale.train import RAY_RUN_SNAPSHOT, loop_hooks
+from nrcc_scale.utils.threads import keep_torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 # Small and quick, and still the default method (BYOL + NRCC with SGHMC negatives, whose noise and the
@@ -66,23 +70,23 @@ TIMEOUT_S = 420
 
 
 def _model_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return read_state(checkpoint)["model"]
+    return read_state(checkpoint).model
 
 
 def assert_bit_identical(a: Path, b: Path) -> None:
     """Model (online, target, predictor, buffers) and optimizer state of two checkpoints are equal bit for bit."""
     sa, sb = read_state(a), read_state(b)
-    assert sa["epoch"] == sb["epoch"] and sa["step"] == sb["step"]
-    assert sa["model"].keys() == sb["model"].keys()
-    different = [k for k in sa["model"] if not torch.equal(sa["model"][k], sb["model"][k])]
+    assert sa.epoch == sb.epoch and sa.step == sb.step
+    assert sa.model.keys() == sb.model.keys()
+    different = [k for k in sa.model if not torch.equal(sa.model[k], sb.model[k])]
     assert not different, f"{len(different)} model tensors differ, e.g. {different[:5]}"
-    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values(), strict=True):
+    for pa, pb in zip(sa.optimizer["state"].values(), sb.optimizer["state"].values(), strict=True):
         for key in pa:
             assert torch.equal(pa[key], pb[key]), f"optimizer state {key} differs"
 
 
 def _history_epochs(checkpoint: Path) -> list[int]:
-    return [int(h["epoch"]) for h in read_state(checkpoint)["history"]]
+    return [int(h["epoch"]) for h in read_state(checkpoint).history]
 
 
 def _in_process(tmp: Path, name: str, overrides: list[str]) -> tuple[dict, LocalContext]:
@@ -94,10 +98,9 @@ def _in_process(tmp: Path, name: str, overrides: list[str]) -> tuple[dict, Local
 @pytest.fixture
 def one_thread():
     """Deterministic and fast on a shared 2-core machine; restores the thread count afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with keep_torch_threads():
+        torch.set_num_threads(1)
+        yield
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -110,7 +113,7 @@ def test_checkpoint_holds_everything_for_an_exact_resume(tmp_path: Path, method:
     overrides = ["train.epochs=1"] + (CUECO if method == "cueco" else [])
     cfg = load_config(None, [*TINY, *overrides])
     ctx = LocalContext(tmp_path, torch.device("cpu"))
-    train_worker(cfg.to_dict(), ctx)
+    train_worker(cfg.to_dict(), ctx, loop_hooks())
     checkpoint = find_latest_checkpoint(tmp_path)
     assert checkpoint is not None and checkpoint.name == "checkpoint_000001"
     assert checkpoint_is_complete(checkpoint)
@@ -147,17 +150,17 @@ def test_in_process_resume_after_a_failure_is_bit_identical(tmp_path: Path, monk
     # is saved, and its kNN (faiss) must leave the training's thread count alone
     extra = CUECO if method == "cueco" else ["train.monitor_every=1"]
     config, ctx = _in_process(tmp_path, "straight", extra)
-    train_worker(config, ctx)
+    train_worker(config, ctx, loop_hooks())
 
     monkeypatch.setenv(FAULT_ENV, "2:2:0")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fault_marker"))
     config, ctx = _in_process(tmp_path, "resumed", extra)
     with pytest.raises(InjectedFault):
-        train_worker(config, ctx)
+        train_worker(config, ctx, loop_hooks())
     assert (tmp_path / "fault_marker").exists()
     assert find_latest_checkpoint(tmp_path / "resumed").name == "checkpoint_000001"
     _, ctx = _in_process(tmp_path, "resumed", extra)
-    train_worker(config, ctx)  # the marker disarms the fault; resumes from epoch 1
+    train_worker(config, ctx, loop_hooks())  # the marker disarms the fault; resumes from epoch 1
     assert ctx.resumed_from is not None and ctx.resumed_from.endswith("checkpoint_000001")
 
     final = find_latest_checkpoint(tmp_path / "resumed")
@@ -170,7 +173,7 @@ def test_in_process_resume_after_a_failure_is_bit_identical(tmp_path: Path, monk
 
 def test_fault_hook_is_inert_without_its_variables(monkeypatch) -> None:
     from nrcc_scale.config import ConfigError
-    from nrcc_scale.engine.loop import FaultInjector
+    from nrcc_scale.testing import FaultInjector
 
     monkeypatch.delenv(FAULT_ENV, raising=False)
     assert FaultInjector.from_env() is None
@@ -178,6 +181,59 @@ def test_fault_hook_is_inert_without_its_variables(monkeypatch) -> None:
     monkeypatch.delenv(FAULT_MARKER_ENV, raising=False)
     with pytest.raises(ConfigError, match=FAULT_MARKER_ENV):
         FaultInjector.from_env()
+
+
+def _state(**changes) -> TrainingState:
+    fields = dict(model={"w": torch.arange(3.0)}, optimizer={"state": {}, "param_groups": []}, scaler=None, epoch=2,
+                  step=10, sampler_epoch=2, schedule={"total_steps": 15}, history=[{"epoch": 1}, {"epoch": 2}],
+                  config={"name": "x"}, world_size=2, resolution=16)
+    return TrainingState(**{**fields, **changes})
+
+
+def test_training_state_round_trips_through_the_plain_dict_on_disk(tmp_path: Path) -> None:
+    state = _state()
+    write_checkpoint(tmp_path, 0, {"torch": torch.get_rng_state()}, state)
+    raw = torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True)
+    assert set(raw) == {*REQUIRED_STATE_KEYS, "format_version"} and raw["format_version"] == 1
+    back = read_state(tmp_path)
+    assert torch.equal(back.model["w"], state.model["w"])
+    assert (back.epoch, back.step, back.sampler_epoch, back.schedule, back.history, back.config, back.world_size,
+            back.resolution, back.scaler) == (2, 10, 2, {"total_steps": 15}, state.history, {"name": "x"}, 2, 16, None)
+    assert not checkpoint_is_complete(tmp_path)  # world size 2: rank 1's RNG file is missing
+    write_checkpoint(tmp_path, 1, {"torch": torch.get_rng_state()}, None)
+    assert checkpoint_is_complete(tmp_path)
+
+
+def test_the_first_format_1_checkpoints_still_load(tmp_path: Path) -> None:
+    """The spine's checkpoints had no sampler_epoch and schedule (and may lack world_size): the same dict
+    without them loads, with the epoch as sampler epoch, no schedule to compare and an unknown world size."""
+    raw = {k: v for k, v in _state().to_dict().items() if k not in ("sampler_epoch", "schedule", "world_size")}
+    torch.save(raw, tmp_path / "state.pt")
+    torch.save({"torch": torch.get_rng_state()}, tmp_path / rng_file(0))
+    state = read_state(tmp_path)
+    assert (state.sampler_epoch, state.schedule, state.world_size) == (2, None, None)
+    assert checkpoint_is_complete(tmp_path)  # an unknown world size counts as one worker (as before)
+    torch.save({k: v for k, v in raw.items() if k != "model"}, tmp_path / "state.pt")
+    with pytest.raises(CheckpointError, match="model missing"):
+        read_state(tmp_path)
+
+
+def test_monitor_hook_runs_on_its_epochs_and_leaves_torch_threads_alone(tmp_path: Path, one_thread) -> None:
+    """The loop runs the monitor its caller hands it (none: no monitor) and restores torch's thread count
+    around it, whatever the monitor does to the shared OpenMP pool."""
+    seen: list[int] = []
+
+    def monitor(method, cfg, data, resolution, device) -> dict[str, float]:
+        seen.append(len(seen))
+        torch.set_num_threads(2)  # as faiss's omp_set_num_threads does
+        return {"knn_acc": 0.25}
+
+    cfg = load_config(None, [*TINY, "train.epochs=2", "train.monitor_every=1"])
+    train_worker(cfg.to_dict(), LocalContext(tmp_path / "hooked", torch.device("cpu")), LoopHooks(monitor=monitor))
+    assert seen == [0, 1] and torch.get_num_threads() == 1
+    assert [h.get("knn_acc") for h in read_state(find_latest_checkpoint(tmp_path / "hooked")).history] == [0.25] * 2
+    train_worker(cfg.to_dict(), LocalContext(tmp_path / "bare", torch.device("cpu")), LoopHooks())
+    assert all("knn_acc" not in h for h in read_state(find_latest_checkpoint(tmp_path / "bare")).history)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -311,13 +367,13 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_pat
     latest = find_latest_checkpoint(run_dir)
     assert latest is not None and latest.name == "checkpoint_000001"
     state = read_state(latest)
-    assert state["epoch"] == 1 and read_rng(latest, 0) is not None
+    assert state.epoch == 1 and read_rng(latest, 0) is not None
 
     second = _run(cmd, _env())
     assert re.search(r"resumed from \S*checkpoint_000001 at epoch 1", second), second[-3000:]
     assert _epoch_lines(second) == [2, 3]
     assert _history_epochs(find_latest_checkpoint(run_dir)) == [1, 2, 3]
-    metrics = json.dumps(read_state(find_latest_checkpoint(run_dir))["history"][-1])
+    metrics = json.dumps(read_state(find_latest_checkpoint(run_dir)).history[-1])
     assert "loss" in metrics
 
 

@@ -227,3 +227,35 @@ def test_infonce_sghmc_reuses_the_online_forward_of_the_anchor_view() -> None:
     method(x_a, x_b)
     assert count.forwards == 3  # x^a, x^b, x^c: the potential's gradient reused x^a's forward
     assert count.backwards == 1  # the input-only backward
+
+
+def test_reused_forward_gives_the_same_gradient_as_a_fresh_forward() -> None:
+    """potential_gradient on h(x) already computed (the step's first SGHMC gradient) equals the one on the
+    network called at x (every further step): one function, two entry points, the same number."""
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(18, 5, generator=g, dtype=DT)
+    x = torch.randn(4, 2, 3, 3, generator=g, dtype=DT)
+    ref = torch.randn(4, 5, generator=g, dtype=DT)
+    features = _linear_features(weight)
+    fresh = potential_gradient(features, x, ref, pairs="batch")
+    x_leaf = x.clone().requires_grad_(True)
+    reused = potential_gradient(features(x_leaf), x_leaf, ref, pairs="batch")
+    torch.testing.assert_close(reused, fresh, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["byol", "infonce"])
+def test_training_step_takes_every_sghmc_gradient_from_potential_gradient(monkeypatch, name: str) -> None:
+    """zeta = 3: the first gradient reuses x^a's forward, the other two are fresh forwards; all three go
+    through sghmc.potential_gradient (the function the tests above check against a hand derivation)."""
+    import nrcc_scale.methods.two_view as two_view
+
+    calls: list[bool] = []
+
+    def counted(features, *args, **kwargs):
+        calls.append(isinstance(features, torch.Tensor))
+        return potential_gradient(features, *args, **kwargs)
+
+    monkeypatch.setattr(two_view, "potential_gradient", counted)
+    method = _method(name, "method.nrcc.sghmc.steps=3")
+    method(torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)).loss.backward()
+    assert calls == [True, False, False]

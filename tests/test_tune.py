@@ -33,7 +33,7 @@ from nrcc_scale.config import ConfigError
 from nrcc_scale.config_load import load_config
 from nrcc_scale.engine.checkpoint import find_latest_checkpoint, read_state
 from nrcc_scale.engine.context import RUN_DIR_TAG
-from nrcc_scale.engine.loop import FAULT_ENV, FAULT_MARKER_ENV
+from nrcc_scale.testing import FAULT_ENV, FAULT_MARKER_ENV
 from nrcc_scale.train import RAY_RUN_SNAPSHOT
 from nrcc_scale.tune_ray import make_scheduler, param_space
 from nrcc_scale.tune_results import best_row, write_best_config
@@ -206,7 +206,7 @@ def test_sweep_interrupted_then_resumed(tmp_path: Path, monkeypatch) -> None:
     runs_dirs = sorted((sweep_dir / RUNS_DIR).glob("trial_*"))
     assert len(runs_dirs) == 2
     for run in runs_dirs:
-        history = read_state(find_latest_checkpoint(run))["history"]
+        history = read_state(find_latest_checkpoint(run)).history
         assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1)), run
         assert 0.0 <= json.loads((run / "metrics.json").read_text())["nmi"] <= 1.0
         assert list((run / "tensorboard").glob("events.out.tfevents.*")), "no training TensorBoard events"

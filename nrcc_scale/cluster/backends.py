@@ -133,11 +133,10 @@ def set_faiss_threads() -> int:
     n = cpu_threads()
     # faiss and torch share one OpenMP runtime here: setting faiss's pool also resizes torch's, so put
     # torch's thread count back (a training process must not change speed or numerics after a monitor)
-    import torch
+    from nrcc_scale.utils.threads import keep_torch_threads
 
-    torch_threads = torch.get_num_threads()
-    faiss.omp_set_num_threads(n)
-    torch.set_num_threads(torch_threads)
+    with keep_torch_threads():
+        faiss.omp_set_num_threads(n)
     return n
 
 

@@ -36,7 +36,6 @@ loader is built.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Iterator
@@ -48,6 +47,7 @@ import torch
 from nrcc_scale.config import DataConfig
 from nrcc_scale.data.base import DataError
 from nrcc_scale.data.ffcv_io import FIELDS, read_beton_fields
+from nrcc_scale.utils.threads import keep_torch_threads
 
 DECODE_MODES = ("once", "per_view")
 
@@ -279,7 +279,10 @@ class FFCVTrainLoader:
                     transforms=[RandomHorizontalFlip(aug.flip_p), ToTensor(), *to_device, ToTorchImage()])
 
         self.order = _order_class()(rank, world_size, seed)
-        with _keep_torch_threads():
+        # FFCV sets torch's intra-op thread count to its decoding thread count (here and in every __iter__);
+        # the training process keeps its own (Ray sets it to the worker's CPUs): too many torch threads next
+        # to FFCV's on the same cores make small tensor ops orders of magnitude slower
+        with keep_torch_threads():
             self.loader = Loader(path, batch_size=batch_size, num_workers=self.threads, os_cache=os_cache,
                                  order=self.order, distributed=world_size > 1, seed=seed, pipelines=pipelines,
                                  drop_last=True, batches_ahead=batches_ahead)
@@ -302,7 +305,7 @@ class FFCVTrainLoader:
         return epoch_shard(self.num_samples, self.rank, self.world_size, self.order.seed_value, epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        with _keep_torch_threads():
+        with keep_torch_threads():
             batches = iter(self.loader)
         for batch in batches:
             # FFCV reuses its output buffers a few batches later, so everything handed out is a copy. CPU
@@ -332,18 +335,6 @@ def _check_decode_memory(reader, path: str, batch_size: int, batches_ahead: int,
         raise DataError(f"{path}: images up to {width}x{height} px need {need / 2**30:.0f} GiB of decode "
                         f"buffers at batch {batch_size}; write the file with a smaller --max-resolution "
                         "(e.g. 256 or 512) or lower the batch size")
-
-
-@contextlib.contextmanager
-def _keep_torch_threads():
-    """FFCV sets PyTorch's intra-op thread count to its decoding thread count (in ``Loader.__init__`` and
-    every ``__iter__``); the training process keeps its own (Ray sets it to the worker's CPUs). Too many
-    PyTorch threads next to FFCV's on the same cores make small tensor ops orders of magnitude slower."""
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _copy(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Training checkpoints: one folder per checkpoint, written atomically, loadable with ``weights_only=True``.
 
     checkpoint_<epoch>/
-        state.pt          model (online, target, method buffers such as CueCo's queue and centroids),
-                          optimizer, AMP scaler, epoch, step, sampler epoch, learning-rate schedule,
-                          metric history, config, world size  -- written by rank 0
+        state.pt          a TrainingState: model (online, target, method buffers such as CueCo's queue
+                          and centroids), optimizer, AMP scaler, epoch, step, sampler epoch,
+                          learning-rate schedule, metric history, config, world size, resolution
+                                                            -- written by rank 0
         rng_rank<r>.pt    every RNG state of worker r       -- written by every worker
 
 Each file is written under a temporary name and renamed when complete, so a crash or a kill during a
@@ -15,10 +16,9 @@ counts as a checkpoint once its state loads and every worker's RNG file is prese
 
 from __future__ import annotations
 
-import os
 import re
-import sys
-import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,53 @@ from nrcc_scale.utils.files import atomic_path
 
 STATE_FILE = "state.pt"
 FORMAT_VERSION = 1
-#: What state.pt holds for an exact resume (tests check every key; ``sampler_epoch`` and ``schedule`` only
-#: let a resume verify that the data order and the learning-rate schedule are the ones of the saved run).
-REQUIRED_STATE_KEYS = ("model", "optimizer", "scaler", "epoch", "step", "sampler_epoch", "schedule", "history",
-                       "config", "world_size", "resolution")
-#: Testing aid, never set in normal runs: ``"<epoch>:<seconds>"`` makes rank 0 pause for ``seconds`` inside
-#: :func:`write_checkpoint` of that epoch, after the RNG file and before state.pt, so a test can kill the
-#: process while a checkpoint is half written.
-TEST_PAUSE_ENV = "NRCC_TEST_CHECKPOINT_PAUSE"
+
+
+@dataclass
+class TrainingState:
+    """What state.pt holds for an exact resume, written by :func:`write_checkpoint` and read by
+    :func:`read_state` -- the only two places that know its on-disk form (a plain dict of these fields plus
+    ``format_version``, so it loads with ``weights_only=True``). Every worker's RNG states sit next to it,
+    one file per rank (:func:`read_rng`).
+
+    ``sampler_epoch`` and ``schedule`` only let a resume verify that the data order and the learning-rate
+    schedule are the ones of the saved run."""
+
+    model: dict[str, Any]  # method.state_dict(): online, EMA target, predictor, buffers (CueCo's queue, ...)
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any] | None  # the AMP GradScaler's state under fp16, else None
+    epoch: int  # epochs completed
+    step: int  # optimizer steps completed
+    sampler_epoch: int
+    schedule: dict[str, Any] | None  # what the learning-rate and EMA schedules depend on besides the step
+    history: list[dict[str, Any]]  # one dict of metrics per epoch
+    config: dict[str, Any]  # Config.to_dict() of the run
+    world_size: int | None  # workers that wrote the checkpoint
+    resolution: int  # training resolution in pixels
+
+    def to_dict(self) -> dict[str, Any]:
+        # shallow on purpose: dataclasses.asdict would deep-copy every tensor of the model and optimizer
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "format_version": FORMAT_VERSION}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], path: Path) -> TrainingState:
+        """The saved dict (format 1). The first format-1 checkpoints lack ``sampler_epoch``, ``schedule``
+        and sometimes ``world_size`` and ``scaler``; they still load (unknown world size: None)."""
+        missing = [k for k in _REQUIRED if k not in raw]
+        if missing:
+            raise CheckpointError(f"{path}: not a complete nrcc-scale checkpoint, {', '.join(missing)} missing. "
+                                  f"Delete this checkpoint folder to resume from the previous one.")
+        return cls(model=raw["model"], optimizer=raw["optimizer"], scaler=raw.get("scaler"),
+                   epoch=int(raw["epoch"]), step=int(raw["step"]),
+                   sampler_epoch=int(raw.get("sampler_epoch", raw["epoch"])), schedule=raw.get("schedule"),
+                   history=list(raw["history"]), config=raw["config"],
+                   world_size=int(raw["world_size"]) if raw.get("world_size") is not None else None,
+                   resolution=int(raw["resolution"]))
+
+
+#: Every field, in the order state.pt has them (tests check the file holds each).
+REQUIRED_STATE_KEYS = tuple(f.name for f in fields(TrainingState))
+_REQUIRED = ("model", "optimizer", "epoch", "step", "history", "config", "resolution")
 
 
 class CheckpointError(RuntimeError):
@@ -51,25 +90,17 @@ def save_torch(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def write_checkpoint(directory: Path, rank: int, rng: dict[str, Any], state: dict[str, Any] | None) -> None:
-    """Write this worker's part of a checkpoint into ``directory`` (rank 0 also writes the state)."""
+def write_checkpoint(directory: Path, rank: int, rng: dict[str, Any], state: TrainingState | None,
+                     before_state_file: Callable[[int, Path], None] | None = None) -> None:
+    """Write this worker's part of a checkpoint into ``directory`` (rank 0 also writes the state).
+    ``before_state_file(epoch, directory)`` runs between the RNG file and state.pt (a testing aid's hook:
+    :mod:`nrcc_scale.testing`)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_torch(rng, directory / rng_file(rank))
     if state is not None:
-        _test_pause(int(state["epoch"]), directory)
-        save_torch({**state, "format_version": FORMAT_VERSION}, directory / STATE_FILE)
-
-
-def _test_pause(epoch: int, directory: Path) -> None:
-    """The slow-write hook of :data:`TEST_PAUSE_ENV` (inactive unless that variable is set)."""
-    spec = os.environ.get(TEST_PAUSE_ENV, "")
-    if not spec:
-        return
-    at, seconds = spec.split(":")
-    if int(at) == epoch:
-        print(f"{TEST_PAUSE_ENV}: pausing {float(seconds):g} s inside write_checkpoint({directory})",
-              file=sys.stderr, flush=True)
-        time.sleep(float(seconds))
+        if before_state_file is not None:
+            before_state_file(state.epoch, directory)
+        save_torch(state.to_dict(), directory / STATE_FILE)
 
 
 def load_torch(path: Path) -> Any:
@@ -80,15 +111,15 @@ def load_torch(path: Path) -> Any:
                               f"to resume from the previous one.") from err
 
 
-def read_state(directory: Path) -> dict[str, Any]:
+def read_state(directory: Path) -> TrainingState:
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} is not an nrcc-scale checkpoint: {STATE_FILE} is missing")
-    state = load_torch(path)
-    if state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {state.get('format_version')} is not supported "
-                              f"(expected {FORMAT_VERSION})")
-    return state
+    raw = load_torch(path)
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} is not supported (expected {FORMAT_VERSION})")
+    return TrainingState.from_dict(raw, path)
 
 
 def checkpoint_is_complete(directory: Path) -> bool:
@@ -98,7 +129,7 @@ def checkpoint_is_complete(directory: Path) -> bool:
         state = read_state(directory)
     except CheckpointError:
         return False
-    return all((Path(directory) / rng_file(r)).is_file() for r in range(int(state.get("world_size", 1))))
+    return all((Path(directory) / rng_file(r)).is_file() for r in range(state.world_size or 1))
 
 
 def read_rng(directory: Path, rank: int) -> dict[str, Any] | None:

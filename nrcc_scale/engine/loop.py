@@ -4,8 +4,12 @@ Per step: uint8 views from the loader -> photometric augmentation on the device 
 autocast on GPU) -> backward (DDP averages gradients) -> optimizer step -> the method's post-step hook
 (EMA target, CueCo's momentum clustering). Per epoch: metrics averaged over workers, an optional monitor
 (kNN accuracy, collapse check, clustering), and every ``checkpoint_every`` epochs a checkpoint that holds
-everything needed to continue exactly (weights, EMA target, method buffers, optimizer, scaler, every
-worker's RNG states, epoch and step, metric history).
+everything needed to continue exactly (a :class:`~nrcc_scale.engine.checkpoint.TrainingState`: weights,
+EMA target, method buffers, optimizer, scaler, epoch and step, metric history; and every worker's RNG states).
+
+The caller hands the loop what is not training (:class:`LoopHooks`): the monitor (``nrcc_scale.train``
+passes the evaluation package's), and the testing aids' hooks (:mod:`nrcc_scale.testing`), so the engine
+imports neither evaluation nor test code.
 
 Why a resume is bit-identical to an uninterrupted run (checked by tests/test_resume.py): checkpoints are
 taken at epoch boundaries, after the epoch-end hook and the monitor; the data order and the crops are pure
@@ -16,11 +20,10 @@ torch/numpy/python generators, whose states each worker saves and restores.
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from nrcc_scale.data.augment import BatchPhotometricAugment
 from nrcc_scale.data.base import DataBundle
 from nrcc_scale.data.loaders import TrainLoader, build_train_loader
 from nrcc_scale.data.registry import build_data, training_resolution
-from nrcc_scale.engine.checkpoint import read_rng, read_state, write_checkpoint
+from nrcc_scale.engine.checkpoint import TrainingState, read_rng, read_state, write_checkpoint
 from nrcc_scale.engine.context import RunContext
 from nrcc_scale.engine.gpu_defaults import (
     amp_dtype,
@@ -49,24 +52,34 @@ from nrcc_scale.engine.schedule import cosine_with_warmup, peak_lr, set_learning
 from nrcc_scale.methods import SSLMethod, StepOutput, build_method
 from nrcc_scale.methods.distributed import all_reduce_mean, is_distributed
 from nrcc_scale.utils.seeding import rng_state, seed_everything, set_rng_state
-
-log = logging.getLogger("nrcc_scale.train")
+from nrcc_scale.utils.threads import keep_torch_threads
 
 MAX_BAD_STEPS = 3  # consecutive non-finite losses before the run stops (and Ray restarts it)
 
-#: Testing aid, never set in normal runs: ``"<epoch>:<batch>:<rank>[:raise|hang]"`` makes worker ``rank``
-#: raise (or hang until killed) just before batch ``batch`` (0-based) of epoch ``epoch`` (1-based, as
-#: printed). It fires once: the file named by ``NRCC_FAULT_MARKER`` (required) is created when it fires,
-#: and an existing marker disarms it, so the restarted attempt runs through.
-FAULT_ENV = "NRCC_FAULT_AT"
-FAULT_MARKER_ENV = "NRCC_FAULT_MARKER"
 #: Config keys that may change between a run and its resumption without breaking exactness.
 RESUME_FREE_KEYS = ("name", "storage_path", "eval.", "ray.", "train.max_failures", "train.keep_checkpoints",
                     "train.log_every", "train.checkpoint_every", "data.root", "data.beton", "data.loader_workers",
                     "data.cache_dir", "data.cache_max_gb")
 
 
-__all__ = ["TrainingRun", "amp_dtype", "build_training", "train_step", "train_worker"]
+__all__ = ["LoopHooks", "TrainingRun", "amp_dtype", "build_training", "train_step", "train_worker"]
+
+#: ``monitor(method, cfg, data, resolution, device) -> {metric: value}``, run by rank 0 at monitor epochs
+MonitorFn = Callable[[SSLMethod, Config, DataBundle, int, torch.device], dict[str, float]]
+
+
+@dataclass
+class LoopHooks:
+    """What the caller plugs into :func:`train_worker`; each hook is optional.
+
+    ``monitor``: the per-epoch training monitor (``train.monitor_every``); without one no monitor runs.
+    ``before_batch(rank, epoch, batch)``: called before every batch (epoch 1-based, batch 0-based).
+    ``before_state_file(epoch, folder)``: called while rank 0 writes a checkpoint, between its RNG file and
+    state.pt. The last two exist for the testing aids of :mod:`nrcc_scale.testing`."""
+
+    monitor: MonitorFn | None = None
+    before_batch: Callable[[int, int, int], None] | None = None
+    before_state_file: Callable[[int, Path], None] | None = None
 
 
 def _emit(message: str, stream=None) -> None:
@@ -85,46 +98,6 @@ def _print(rank: int, message: str) -> None:
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-class InjectedFault(RuntimeError):
-    """Raised by the ``NRCC_FAULT_AT`` testing aid."""
-
-
-@dataclass
-class FaultInjector:
-    """The ``NRCC_FAULT_AT`` testing aid (see :data:`FAULT_ENV`); None unless that variable is set."""
-
-    epoch: int
-    batch: int
-    rank: int
-    action: str
-    marker: Path
-
-    @classmethod
-    def from_env(cls) -> FaultInjector | None:
-        spec = os.environ.get(FAULT_ENV, "")
-        if not spec:
-            return None
-        parts = spec.split(":")
-        marker = os.environ.get(FAULT_MARKER_ENV, "")
-        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("raise", "hang")) or not marker:
-            raise ConfigError(f"{FAULT_ENV}={spec!r}: expected epoch:batch:rank[:raise|hang], with "
-                              f"{FAULT_MARKER_ENV} naming the file that makes it fire only once")
-        action = parts[3] if len(parts) == 4 else "raise"
-        return cls(int(parts[0]), int(parts[1]), int(parts[2]), action, Path(marker))
-
-    def check(self, rank: int, epoch: int, batch: int) -> None:
-        if (rank, epoch, batch) != (self.rank, self.epoch, self.batch) or self.marker.exists():
-            return
-        self.marker.parent.mkdir(parents=True, exist_ok=True)
-        self.marker.write_text(f"{FAULT_ENV} fired at epoch {epoch} batch {batch} rank {rank}\n")
-        message = f"{FAULT_ENV}: injected fault at epoch {epoch} batch {batch} on rank {rank} ({self.action})"
-        _emit(message, sys.stderr)
-        if self.action == "raise":
-            raise InjectedFault(message)
-        while True:  # "hang": wait to be killed
-            time.sleep(1.0)
 
 
 @dataclass
@@ -233,14 +206,14 @@ def train_step(run: TrainingRun, views: torch.Tensor, step: int) -> StepOutput |
     return out
 
 
-def train_worker(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    """Train as configured; returns the last epoch's metrics (rank 0's view)."""
+def train_worker(config: dict[str, Any], ctx: RunContext, hooks: LoopHooks) -> dict[str, Any]:
+    """Train as configured; returns the last epoch's metrics (rank 0's view). ``hooks``: see
+    :class:`LoopHooks` (``nrcc_scale.train.loop_hooks()`` gives the ones a normal run uses)."""
     cfg = config_from_dict(config)
     t = cfg.train
     seed_everything(t.seed + 1000 * ctx.rank)
     if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    fault = FaultInjector.from_env()
     run = build_training(cfg, ctx)
     method, device = run.method, run.device
     start_epoch, step, history = _resume(run, ctx)
@@ -266,8 +239,8 @@ def train_worker(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
             counted = 0
             started = time.perf_counter()
             for batch_index, (views, _labels, _index) in enumerate(run.loader):
-                if fault is not None:
-                    fault.check(ctx.rank, epoch + 1, batch_index)
+                if hooks.before_batch is not None:
+                    hooks.before_batch(ctx.rank, epoch + 1, batch_index)
                 lr = run.lr_at(step)
                 out = train_step(run, views, step)
                 if out is None:
@@ -292,22 +265,20 @@ def train_worker(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
             metrics = _epoch_metrics(sums, counted, device)
             metrics.update(epoch=epoch + 1, step=step, lr=lr if counted else 0.0, epoch_seconds=seconds,
                            images_per_second=counted * t.batch_size / max(seconds, 1e-9))
-            if _monitor_due(t.monitor_every, epoch, t.epochs) and ctx.rank == 0:
-                metrics.update(_monitor(method, cfg, run.data, run.resolution, device))
+            if hooks.monitor is not None and _monitor_due(t.monitor_every, epoch, t.epochs) and ctx.rank == 0:
+                # faiss's omp_set_num_threads (the monitor's kNN) resizes the OpenMP pool torch shares;
+                # training on with another thread count changes the order of floating-point reductions,
+                # so a resumed run (which has not run that monitor yet) would drift in the last bits
+                with keep_torch_threads():
+                    metrics.update(hooks.monitor(method, cfg, run.data, run.resolution, device))
             history.append(metrics)
             last = metrics
             _print(ctx.rank, _format_epoch(metrics, t.epochs))
             if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs:
                 with ctx.checkpoint_to_report(epoch + 1) as folder:
-                    state = None
-                    if ctx.rank == 0:
-                        state = {"model": method.state_dict(), "optimizer": run.optimizer.state_dict(),
-                                 "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
-                                 "epoch": epoch + 1, "step": step, "sampler_epoch": epoch + 1,
-                                 "schedule": run.schedule(), "history": history, "config": cfg.to_dict(),
-                                 "world_size": ctx.world_size, "resolution": run.resolution}
+                    state = _training_state(run, epoch + 1, step, history, ctx.world_size) if ctx.rank == 0 else None
                     # after the monitor: whatever it drew from the generators is part of the saved state
-                    write_checkpoint(folder, ctx.rank, rng_state(), state)
+                    write_checkpoint(folder, ctx.rank, rng_state(), state, hooks.before_state_file)
                     ctx.report(metrics, epoch + 1, folder)
             else:
                 ctx.report(metrics, epoch + 1, None)
@@ -316,17 +287,26 @@ def train_worker(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     return last
 
 
+def _training_state(run: TrainingRun, epoch: int, step: int, history: list[dict[str, Any]],
+                    world_size: int) -> TrainingState:
+    """What rank 0 saves at the end of ``epoch`` (1-based), after ``step`` optimizer steps."""
+    return TrainingState(model=run.method.state_dict(), optimizer=run.optimizer.state_dict(),
+                         scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+                         epoch=epoch, step=step, sampler_epoch=epoch, schedule=run.schedule(), history=history,
+                         config=run.cfg.to_dict(), world_size=world_size, resolution=run.resolution)
+
+
 def _resume(run: TrainingRun, ctx: RunContext) -> tuple[int, int, list[dict[str, Any]]]:
     """Load the context's latest checkpoint into ``run``; returns (epochs done, steps done, history)."""
     checkpoint = ctx.latest_checkpoint()
     if checkpoint is None:
         return 0, 0, []
     state = read_state(checkpoint)
-    run.method.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    if state.get("scaler"):
-        run.scaler.load_state_dict(state["scaler"])
-    epoch, step = int(state["epoch"]), int(state["step"])
+    run.method.load_state_dict(state.model)
+    run.optimizer.load_state_dict(state.optimizer)
+    if state.scaler:
+        run.scaler.load_state_dict(state.scaler)
+    epoch, step = state.epoch, state.step
     rng = read_rng(checkpoint, ctx.rank)
     ctx.release(checkpoint)
     if rng is not None:
@@ -336,20 +316,20 @@ def _resume(run: TrainingRun, ctx: RunContext) -> tuple[int, int, list[dict[str,
     for warning in _resume_warnings(state, run, ctx.world_size):
         _print(ctx.rank, f"warning: {warning}")
     _print(ctx.rank, f"resumed from {ctx.resumed_from or checkpoint} at epoch {epoch} (step {step})")
-    return epoch, step, list(state["history"])
+    return epoch, step, list(state.history)
 
 
-def _resume_warnings(state: dict[str, Any], run: TrainingRun, world_size: int) -> list[str]:
+def _resume_warnings(state: TrainingState, run: TrainingRun, world_size: int) -> list[str]:
     """Why this resume will not continue the saved run exactly (empty when it will)."""
     out = []
-    saved_world = int(state.get("world_size", world_size))
+    saved_world = state.world_size if state.world_size is not None else world_size
     if saved_world != world_size:
         out.append(f"the checkpoint was written by {saved_world} worker(s), this run has {world_size}: data "
                    f"shards and random streams differ from the saved run's")
-    if "schedule" in state and state["schedule"] != run.schedule():
-        out.append(f"the learning-rate schedule changed ({state['schedule']} -> {run.schedule()}), e.g. through "
+    if state.schedule is not None and state.schedule != run.schedule():
+        out.append(f"the learning-rate schedule changed ({state.schedule} -> {run.schedule()}), e.g. through "
                    f"train.epochs or train.batch_size")
-    changed = _config_differences(state.get("config", {}), run.cfg.to_dict())
+    changed = _config_differences(state.config, run.cfg.to_dict())
     if changed:
         out.append(f"the config differs from the checkpoint's in {', '.join(changed)}")
     return out
@@ -391,20 +371,6 @@ def _monitor_due(every: int, epoch: int, epochs: int) -> bool:
     return (every > 0 and (epoch + 1) % every == 0) or epoch + 1 == epochs
 
 
-def _monitor(method: SSLMethod, cfg: Config, data, resolution: int, device: torch.device) -> dict[str, float]:
-    """The monitor, leaving torch's CPU thread count as it found it: faiss's ``omp_set_num_threads`` (kNN)
-    resizes the OpenMP pool torch shares, and training on with another thread count changes the order of
-    floating-point reductions, so a resumed run (which has not run that monitor yet) would drift from the
-    uninterrupted one in the last bits."""
-    from nrcc_scale.evaluation.monitor import training_monitor
-
-    threads = torch.get_num_threads()
-    try:
-        return training_monitor(method, cfg, data, resolution, device)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _format_epoch(metrics: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {metrics['epoch']}/{epochs}"]
     for key in ("loss", "loss_base", "loss_nrcc", "knn_acc", "global_std", "monitor_nmi", "monitor_acc",
@@ -414,8 +380,3 @@ def _format_epoch(metrics: dict[str, Any], epochs: int) -> str:
     parts.append(f"{metrics['images_per_second']:.0f} img/s")
     return " | ".join(parts)
 
-
-def main_in_process(config: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    """Entry for ``--no-ray``: one process, the same loop."""
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO)
-    return train_worker(config, ctx)

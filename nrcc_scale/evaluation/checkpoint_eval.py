@@ -43,11 +43,10 @@ class TrainedModel:
 
 def load_trained(checkpoint: Path, device: torch.device) -> TrainedModel:
     state = read_state(checkpoint)
-    cfg = config_from_dict(state["config"])
-    method = build_method(cfg, int(state["resolution"]))
-    method.load_state_dict(state["model"])
-    return TrainedModel(method.to(device).eval(), cfg, int(state["resolution"]), list(state["history"]),
-                        int(state["epoch"]))
+    cfg = config_from_dict(state.config)
+    method = build_method(cfg, state.resolution)
+    method.load_state_dict(state.model)
+    return TrainedModel(method.to(device).eval(), cfg, state.resolution, list(state.history), state.epoch)
 
 
 def _rows_within(evaluate, probe) -> np.ndarray | None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from nrcc_scale.config import Config
+from nrcc_scale.methods.barlow_twins import BarlowTwinsMethod
 from nrcc_scale.methods.base import SSLMethod, StepOutput
+from nrcc_scale.methods.byol import BYOLMethod
 from nrcc_scale.methods.cueco import CueCoMethod
-from nrcc_scale.methods.two_view import BarlowTwinsMethod, BYOLMethod, InfoNCEMethod, SimSiamMethod
+from nrcc_scale.methods.infonce import InfoNCEMethod
+from nrcc_scale.methods.simsiam import SimSiamMethod
 
 METHOD_CLASSES: dict[str, type[SSLMethod]] = {
     "infonce": InfoNCEMethod,

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from nrcc_scale.methods.distributed import gather_with_grad
 from nrcc_scale.methods.precision import full_precision
+from nrcc_scale.methods.two_view import TwoViewForward, TwoViewMethod
 
 
 @full_precision
@@ -30,3 +31,10 @@ def barlow_twins_loss(z_a: Tensor, z_b: Tensor, off_diagonal_weight: float, gath
     on = (1.0 - diag).pow(2).sum()
     off = c.pow(2).sum() - diag.pow(2).sum()
     return on + off_diagonal_weight * off
+
+
+class BarlowTwinsMethod(TwoViewMethod):
+    """Barlow Twins (+NRCC: u = z^a, v^b = z^b with gradient, v^c = sg z^c)."""
+
+    def base_loss(self, out: TwoViewForward) -> Tensor:
+        return barlow_twins_loss(out.online_a.z, out.online_b.z, self.cfg.method.barlow_lambda)

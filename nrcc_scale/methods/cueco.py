@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nrcc_scale.config import Config, CueCoConfig
-from nrcc_scale.methods.base import Encoder, SSLMethod, StepOutput, normalized
+from nrcc_scale.methods.base import StepOutput, normalized
 from nrcc_scale.methods.distributed import broadcast_from_rank0, gather_no_grad
+from nrcc_scale.methods.momentum import MomentumMethod
 from nrcc_scale.methods.precision import full_precision
-from nrcc_scale.models.ema import ema_momentum, ema_update, make_target
 
 
 class MomentumClusters(nn.Module):
@@ -101,21 +101,19 @@ def cueco_losses(queries: Tensor, keys: Tensor, queue: Tensor, clusters: Momentu
     return {"l1": l1, "l2": l2, "l3": l3}
 
 
-class CueCoMethod(SSLMethod):
+class CueCoMethod(MomentumMethod):
+    """The momentum encoder (``self.target``, updated by MomentumMethod) gives the keys and is evaluated."""
+
     def __init__(self, cfg: Config, resolution: int) -> None:
         super().__init__(cfg, resolution)
         c = cfg.method.cueco
         self.cueco = c
         dim = cfg.model.projector_dim
-        self.target = make_target(self.online)
         gen = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.register_buffer("queue", F.normalize(torch.randn(c.queue_size, dim, generator=gen), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.clusters = MomentumClusters(c.num_centroids, dim, c.beta1, c.beta2, seed=cfg.train.seed)
         self._pending: tuple[Tensor, Tensor, Tensor] | None = None
-
-    def eval_encoder(self) -> Encoder:
-        return self.target
 
     def forward(self, x_a: Tensor, x_b: Tensor, x_c: Tensor | None = None) -> StepOutput:
         _, z_a = self.online(x_a)
@@ -153,8 +151,7 @@ class CueCoMethod(SSLMethod):
         self.queue_ptr.fill_((ptr + len(keys)) % size)
 
     def after_optimizer_step(self, progress: float) -> None:
-        m = ema_momentum(self.cfg.method.ema_momentum, progress, self.cfg.method.ema_cosine)
-        ema_update(self.target, self.online, m)
+        super().after_optimizer_step(progress)  # the EMA of the momentum encoder first, as before
         if self._pending is not None:
             keys, assignment, queue_keys = self._pending
             self.clusters.update(keys, assignment)

@@ -57,12 +57,6 @@ def gather_no_grad(x: Tensor) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
-def all_reduce_sum(x: Tensor) -> Tensor:
-    if is_distributed():
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
-
-
 def all_reduce_mean(x: Tensor) -> Tensor:
     if is_distributed():
         dist.all_reduce(x, op=dist.ReduceOp.SUM)

@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nrcc_scale.methods.base import normalized
 from nrcc_scale.methods.distributed import gather_with_grad, row_offset
 from nrcc_scale.methods.precision import full_precision
+from nrcc_scale.methods.two_view import TwoViewForward, TwoViewMethod
 
 
 @full_precision
@@ -32,3 +34,10 @@ def info_nce_loss(z_a: Tensor, z_b: Tensor, temperature: float, gather: bool = T
     logits = logits.clone()
     logits[rows, self_cols] = float("-inf")
     return F.cross_entropy(logits, positive_cols)
+
+
+class InfoNCEMethod(TwoViewMethod):
+    """SimCLR's InfoNCE (+NRCC: u = z^a, v^b = z^b with gradient, v^c = sg z^c, same network)."""
+
+    def base_loss(self, out: TwoViewForward) -> Tensor:
+        return info_nce_loss(normalized(out.online_a.z), normalized(out.online_b.z), self.cfg.method.temperature)

@@ -19,8 +19,8 @@ aligned with the batch, i.e. hard negatives. Ablations (NRCC Tables 8 and 2):
 * augment — no chain: an ordinary third augmented view (the loader provides it).
 
 The caller supplies ``grad_at(X)`` (the potential's gradient at X, with the network frozen and its
-BatchNorm statistics untouched) and may pass the gradient at x^a it already has from its own forward, so
-the first step costs only an input-backward.
+BatchNorm statistics untouched: :func:`potential_gradient`) and may pass the gradient at x^a it already has
+from its own forward, so the first step costs only an input-backward.
 """
 
 from __future__ import annotations
@@ -50,16 +50,25 @@ def alignment_potential(h_x: Tensor, h_ref: Tensor, pairs: str = "batch") -> Ten
     return -torch.log1p(cos.pow(2)).sum()
 
 
-def potential_gradient(features: Callable[[Tensor], Tensor], x: Tensor, h_ref: Tensor,
-                       pairs: str = "batch", scaler: InputGradScaler | None = None) -> Tensor:
-    """grad_X sum_i U(X_i) by one input-only backward (the network's parameters must not require grad
-    for this to cost only that; if they do, autograd still computes only the input's gradient). Under fp16
-    autocast the potential is loss-scaled for the backward through the network (``scaler``; a fresh one
-    when None) and the gradient unscaled, so it does not underflow."""
+def potential_gradient(features: Callable[[Tensor], Tensor] | Tensor, x: Tensor, h_ref: Tensor,
+                       pairs: str = "batch", scaler: InputGradScaler | None = None,
+                       retain_graph: bool = False) -> Tensor:
+    """grad_X sum_i U(X_i) by one input-only backward: the one gradient of the potential, used by training
+    (``methods/two_view.py``), the tests and the benchmarks.
+
+    ``features`` is either the network h(.), called here at a fresh leaf copy of ``x``, or the tensor h(x)
+    itself, already computed from ``x`` (which then requires grad): that forward is reused and only the
+    input-backward runs (``retain_graph`` keeps its graph for a loss that still needs it). The network's
+    parameters must not require grad for this to cost only that; if they do, autograd still computes only
+    the input's gradient. Under fp16 autocast the potential is loss-scaled for the backward through the
+    network (``scaler``; a fresh one when None) and the gradient unscaled, so it does not underflow."""
+    scaler = scaler or InputGradScaler()
+    if isinstance(features, Tensor):
+        return scaler.grad(alignment_potential(features, h_ref, pairs), x, retain_graph=retain_graph)
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         potential = alignment_potential(features(x), h_ref, pairs)
-        return (scaler or InputGradScaler()).grad(potential, x)
+        return scaler.grad(potential, x, retain_graph=retain_graph)
 
 
 def needs_gradient(kind: str) -> bool:

@@ -1,4 +1,4 @@
-"""InfoNCE, BYOL, SimSiam and Barlow Twins, each with or without the NRCC regularizer.
+"""The shared step of the two-view methods (InfoNCE, BYOL, SimSiam, Barlow Twins), with or without NRCC.
 
 One step (BYOL+NRCC, ζ = 1), and why it costs about 1.25x a BYOL step (docs/spec/METHOD.md, "Cost matters"):
 
@@ -10,27 +10,44 @@ One step (BYOL+NRCC, ζ = 1), and why it costs about 1.25x a BYOL step (docs/spe
 5. loss = BYOL + NRCC(u = online predictor outputs, v^b = z̄ of the other view, v^c).
 
 Methods without a target (InfoNCE, SimSiam, Barlow Twins) take h from the online network, held fixed
-for the potential's gradient, reusing the online forward of x^a the same way.
+for the potential's gradient, reusing the online forward of x^a the same way. Each method lives in the
+module of its name and says only its base loss and what NRCC's anchors and positives are for it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from nrcc_scale.config import Config
-from nrcc_scale.methods.barlow_twins import barlow_twins_loss
-from nrcc_scale.methods.base import Encoder, SSLMethod, StepOutput, normalized
-from nrcc_scale.methods.byol import byol_loss
-from nrcc_scale.methods.distributed import gather_no_grad, gather_with_grad, row_offset
-from nrcc_scale.methods.infonce import info_nce_loss
-from nrcc_scale.methods.nrcc import nrcc_regularizer
+from nrcc_scale.methods.base import Encoder, SSLMethod, StepOutput
+from nrcc_scale.methods.nrcc import NRCCLoss
 from nrcc_scale.methods.precision import InputGradScaler
-from nrcc_scale.methods.sghmc import alignment_potential, needs_gradient, negative_views
-from nrcc_scale.methods.simsiam import simsiam_loss
+from nrcc_scale.methods.sghmc import needs_gradient, negative_views, potential_gradient
 from nrcc_scale.models.batchnorm import preserved_batchnorm_stats
-from nrcc_scale.models.ema import ema_momentum, ema_update, make_target
 from nrcc_scale.models.heads import MLPHead
+
+
+@dataclass
+class Encoded:
+    """One view through one encoder: backbone features h and the (un-normalised) projection z."""
+
+    h: Tensor
+    z: Tensor
+
+
+@dataclass
+class TwoViewForward:
+    """The forwards of one step that the base loss and the NRCC term read."""
+
+    online_a: Encoded
+    online_b: Encoded
+    predicted_a: Tensor | None = None  # predictor outputs (BYOL, SimSiam)
+    predicted_b: Tensor | None = None
+    target_a: Encoded | None = None  # the EMA target's (BYOL); x^a's carries the input gradient under SGHMC
+    target_b: Encoded | None = None
 
 
 class TwoViewMethod(SSLMethod):
@@ -38,46 +55,45 @@ class TwoViewMethod(SSLMethod):
     anchors and positives are for them."""
 
     has_predictor = False
-    has_target = False
+    has_target = False  # set by MomentumMethod
 
     def __init__(self, cfg: Config, resolution: int) -> None:
         super().__init__(cfg, resolution)
         self.nrcc = cfg.method.nrcc
         self.use_nrcc = cfg.uses_nrcc
         self.needs_third_view = self.use_nrcc and self.nrcc.negatives == "augment"
+        self.nrcc_loss = NRCCLoss.from_config(self.nrcc)  # no parameters or buffers: checkpoints unchanged
         if self.has_predictor:
             self.predictor = MLPHead(cfg.model.projector_dim, cfg.model.predictor_hidden, cfg.model.projector_dim)
-        if self.has_target:
-            self.target = make_target(self.online)
         # fp16 autocast: the SGHMC input gradient is loss-scaled (a no-op in bf16 and float32)
         self.input_grad_scaler = InputGradScaler()
 
     # -- hooks for subclasses --------------------------------------------------------------------------
-    def base_loss(self, out: dict[str, Tensor]) -> Tensor:
+    def base_loss(self, out: TwoViewForward) -> Tensor:
         raise NotImplementedError
 
-    def nrcc_anchors(self, out: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def nrcc_anchors(self, out: TwoViewForward) -> tuple[Tensor, Tensor]:
         """(u^a, u^b): the anchors of the two views (un-normalised)."""
-        return out["z_a"], out["z_b"]
+        return out.online_a.z, out.online_b.z
 
-    def nrcc_positives(self, out: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """(v^b for anchors of view a, v^b for anchors of view b), gathered over workers."""
-        return self._gather(normalized(out["z_b"]), grad=True), self._gather(normalized(out["z_a"]), grad=True)
+    def nrcc_positives(self, out: TwoViewForward) -> tuple[Tensor, Tensor]:
+        """(v^b for anchors of view a, v^b for anchors of view b), un-normalised and this worker's rows;
+        detached unless the regularizer should train them (:class:`NRCCLoss` gathers accordingly)."""
+        return out.online_b.z, out.online_a.z
 
     # -- the step --------------------------------------------------------------------------------------
     def predictor_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.predictor.parameters()) if self.has_predictor else []
 
-    def eval_encoder(self) -> Encoder:
-        return self.target if self.has_target else self.online
-
-    def _gather(self, x: Tensor, grad: bool) -> Tensor:
-        if not self.nrcc.gather:
-            return x
-        return gather_with_grad(x) if grad else gather_no_grad(x)
-
     def _potential_network(self) -> Encoder:
         return self.target if self.has_target else self.online
+
+    def _potential_views(self, out: TwoViewForward) -> tuple[Encoded, Encoded]:
+        """The forwards of x^a and x^b through the potential's network."""
+        if self.has_target:
+            assert out.target_a is not None and out.target_b is not None
+            return out.target_a, out.target_b
+        return out.online_a, out.online_b
 
     def _negatives_network(self) -> Encoder:
         if self.has_target and self.nrcc.negatives_network == "target":
@@ -98,16 +114,14 @@ class TwoViewMethod(SSLMethod):
         x_a_potential = pixels_a.detach().requires_grad_(True) if want_grad else pixels_a
         online_a = pixels_a if self.has_target else x_a_potential
 
-        out: dict[str, Tensor] = {}
-        out["h_a"], out["z_a"] = self.online(online_a)
-        out["h_b"], out["z_b"] = self.online(x_b)
+        out = TwoViewForward(Encoded(*self.online(online_a)), Encoded(*self.online(x_b)))
         if self.has_predictor:
-            out["p_a"], out["p_b"] = self.predictor(out["z_a"]), self.predictor(out["z_b"])
+            out.predicted_a, out.predicted_b = self.predictor(out.online_a.z), self.predictor(out.online_b.z)
         if self.has_target:
             with torch.no_grad():
-                out["ht_b"], out["zt_b"] = self.target(x_b)
+                out.target_b = Encoded(*self.target(x_b))
             with torch.set_grad_enabled(want_grad):  # gradient w.r.t. the input only (params are frozen)
-                out["ht_a"], out["zt_a"] = self.target(x_a_potential)
+                out.target_a = Encoded(*self.target(x_a_potential))
 
         loss = self.base_loss(out)
         metrics: dict[str, Tensor] = {"loss_base": loss.detach()}
@@ -119,7 +133,7 @@ class TwoViewMethod(SSLMethod):
         metrics["loss"] = loss.detach()
         return StepOutput(loss, metrics)
 
-    def _make_negative_views(self, x_a: Tensor, x_c: Tensor | None, out: dict[str, Tensor],
+    def _make_negative_views(self, x_a: Tensor, x_c: Tensor | None, out: TwoViewForward,
                              have_graph: bool) -> Tensor:
         kind = self.nrcc.negatives
         if kind == "augment":
@@ -127,94 +141,29 @@ class TwoViewMethod(SSLMethod):
                 raise ValueError("method.nrcc.negatives = 'augment' needs a third augmented view from the loader")
             return x_c
         sghmc = self.nrcc.sghmc
-        prefix = "t" if self.has_target else ""
-        ref = self._potential_features(out[f"h{prefix}_b"], out[f"z{prefix}_b"]).detach()
+        view_a, view_b = self._potential_views(out)
+        ref = self._potential_features(view_b.h, view_b.z).detach()
         network = self._potential_network()
+
+        def features(x: Tensor) -> Tensor:
+            return self._potential_features(*network(x))
 
         def grad_at(x: Tensor) -> Tensor:
             # a fresh forward at X: frozen parameters (for the online network: not stepped), BN untouched
-            x = x.detach().requires_grad_(True)
-            with torch.enable_grad(), preserved_batchnorm_stats(network):
-                h, z = network(x)
-                potential = alignment_potential(self._potential_features(h, z), ref, sghmc.potential_pairs)
-                return self.input_grad_scaler.grad(potential, x)
+            with preserved_batchnorm_stats(network):
+                return potential_gradient(features, x, ref, sghmc.potential_pairs, self.input_grad_scaler)
 
         first_grad = None
         if have_graph:
-            # reuse the forward of x^a the base method already did: only an input-backward is added
-            feats = self._potential_features(out[f"h{prefix}_a"], out[f"z{prefix}_a"])
-            potential = alignment_potential(feats, ref, sghmc.potential_pairs)
-            # the online graph is still needed by the main loss; the target's is not
-            first_grad = self.input_grad_scaler.grad(potential, x_a, retain_graph=not self.has_target)
+            # reuse the forward of x^a the base method already did: only an input-backward is added; the
+            # online graph is still needed by the main loss, the target's is not
+            first_grad = potential_gradient(self._potential_features(view_a.h, view_a.z), x_a, ref,
+                                            sghmc.potential_pairs, self.input_grad_scaler,
+                                            retain_graph=not self.has_target)
         return negative_views(kind, x_a.detach(), grad_at, sghmc, first_grad=first_grad)
 
-    def _nrcc_term(self, out: dict[str, Tensor], x_c: Tensor) -> Tensor:
-        n = out["z_a"].shape[0]
-        with torch.no_grad(), preserved_batchnorm_stats(self._negatives_network()):
-            _, z_c = self._negatives_network()(x_c)
-        v_neg = self._gather(normalized(z_c), grad=False)
-        u_a, u_b = self.nrcc_anchors(out)
-        pos_a, pos_b = self.nrcc_positives(out)
-        offset = row_offset(n) if self.nrcc.gather else 0
-        kwargs = dict(weight=self.nrcc.weight, temperature=self.nrcc.temperature,
-                      positive_weight=self.nrcc.positive_weight, exclude_self=self.nrcc.exclude_self,
-                      offset=offset)
-        reg_a = nrcc_regularizer(normalized(u_a), pos_a, v_neg, **kwargs)
-        if not self.nrcc.symmetric:
-            return reg_a
-        reg_b = nrcc_regularizer(normalized(u_b), pos_b, v_neg, **kwargs)
-        return 0.5 * (reg_a + reg_b)
-
-
-class InfoNCEMethod(TwoViewMethod):
-    """SimCLR's InfoNCE (+NRCC: u = z^a, v^b = z^b with gradient, v^c = sg z^c, same network)."""
-
-    def base_loss(self, out: dict[str, Tensor]) -> Tensor:
-        return info_nce_loss(normalized(out["z_a"]), normalized(out["z_b"]), self.cfg.method.temperature)
-
-
-class BYOLMethod(TwoViewMethod):
-    """BYOL (+NRCC: u = online predictor output, v^b = z̄ of the other view, v^c = z̄^c from the target
-    without predictor, paper section 3.6.1)."""
-
-    has_predictor = True
-    has_target = True
-
-    def base_loss(self, out: dict[str, Tensor]) -> Tensor:
-        return byol_loss(out["p_a"], out["p_b"], out["zt_a"].detach(), out["zt_b"])
-
-    def nrcc_anchors(self, out: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        if self.nrcc.anchor == "predictor":
-            return out["p_a"], out["p_b"]
-        return out["z_a"], out["z_b"]
-
-    def nrcc_positives(self, out: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        return (self._gather(normalized(out["zt_b"].detach()), grad=False),
-                self._gather(normalized(out["zt_a"].detach()), grad=False))
-
-    def after_optimizer_step(self, progress: float) -> None:
-        m = ema_momentum(self.cfg.method.ema_momentum, progress, self.cfg.method.ema_cosine)
-        ema_update(self.target, self.online, m)
-
-
-class SimSiamMethod(TwoViewMethod):
-    """SimSiam (+NRCC: u = predictor output, v^b = sg z of the other view, v^c = sg z^c)."""
-
-    has_predictor = True
-
-    def base_loss(self, out: dict[str, Tensor]) -> Tensor:
-        return simsiam_loss(out["p_a"], out["p_b"], out["z_a"], out["z_b"])
-
-    def nrcc_anchors(self, out: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        return out["p_a"], out["p_b"]
-
-    def nrcc_positives(self, out: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        return (self._gather(normalized(out["z_b"].detach()), grad=False),
-                self._gather(normalized(out["z_a"].detach()), grad=False))
-
-
-class BarlowTwinsMethod(TwoViewMethod):
-    """Barlow Twins (+NRCC: u = z^a, v^b = z^b with gradient, v^c = sg z^c)."""
-
-    def base_loss(self, out: dict[str, Tensor]) -> Tensor:
-        return barlow_twins_loss(out["z_a"], out["z_b"], self.cfg.method.barlow_lambda)
+    def _nrcc_term(self, out: TwoViewForward, x_c: Tensor) -> Tensor:
+        network = self._negatives_network()
+        with torch.no_grad(), preserved_batchnorm_stats(network):
+            _, z_c = network(x_c)
+        return self.nrcc_loss(self.nrcc_anchors(out), self.nrcc_positives(out), z_c)
