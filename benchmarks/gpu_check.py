@@ -168,6 +168,17 @@ def _exact_topk(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def gpu_search(x: np.ndarray, k: int, backend: str) -> tuple[np.ndarray, np.ndarray]:
+    """The kNN of ``x`` against itself (cosine) with the named GPU backend ("cuvs" or faiss-GPU)."""
+    from nrcc_scale.cluster.gpu_knn import cuvs_search
+    from nrcc_scale.cluster.knn import knn_search, l2_normalize
+
+    if backend == "cuvs":
+        return cuvs_search(l2_normalize(np.asarray(x, dtype=np.float32)), None, k, "cosine")
+    result = knn_search(x, None, k, metric="cosine", use_gpu=True)
+    return result.similarities, result.indices
+
+
 def check_knn(c: Checks) -> None:
     n, d, k = (200_000 if c.cuda else 10_000), 128, 10
     rng = np.random.default_rng(1)
@@ -186,7 +197,7 @@ def check_knn(c: Checks) -> None:
         c.add("GPU kNN kernel check", f"{backend}: {why}", OK if backend != "none" else SKIPPED)
         if backend == "none":
             return
-        seconds, (_, ids) = timed(lambda: gpu_knn.gpu_search(x, k + 1, backend), repeats=1, warmup=1,
+        seconds, (_, ids) = timed(lambda: gpu_search(x, k + 1, backend), repeats=1, warmup=1,
                                   sync=lambda: _sync(c.device))
         r = recall(_drop_self_ids(ids, k))
         c.add(f"kNN {backend} {n:.0e} x {d}-d, k={k}: recall@{k} vs exact", f"{r:.4f}",

@@ -116,13 +116,3 @@ def cuvs_search(database: np.ndarray, queries: np.ndarray | None, k: int, metric
         scores[start:start + chunk_size] = 1.0 - d2 / 2.0 if metric == "cosine" else d2
         ids[start:start + chunk_size] = cp.asnumpy(cp.asarray(ind)).astype(np.int64)
     return scores, ids
-
-
-def gpu_search(x: np.ndarray, k: int, backend: str) -> tuple[np.ndarray, np.ndarray]:
-    """The kNN of ``x`` against itself (cosine) with the named GPU backend; for ``benchmarks/gpu_check.py``."""
-    from nrcc_scale.cluster.knn import knn_search, l2_normalize
-
-    if backend == "cuvs":
-        return cuvs_search(l2_normalize(np.asarray(x, dtype=np.float32)), None, k, "cosine")
-    result = knn_search(x, None, k, metric="cosine", use_gpu=True)
-    return result.similarities, result.indices
