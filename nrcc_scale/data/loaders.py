@@ -16,7 +16,7 @@ import torch
 from nrcc_scale.config import DataConfig
 from nrcc_scale.data.augment import SpatialAugment
 from nrcc_scale.data.base import ImageSource
-from nrcc_scale.data.views import EpochLoader, MultiViewDataset
+from nrcc_scale.data.torchvision_loader import EpochLoader, MultiViewDataset
 
 
 class TrainLoader(Protocol):
