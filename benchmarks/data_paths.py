@@ -48,7 +48,8 @@ from _common import parse_args, print_table, write_json
 from loader_throughput import beton_for, folder_source, jpeg_folder, time_batches
 
 from nrcc_scale.config import AugmentConfig, DataConfig
-from nrcc_scale.data.loaders import build_train_loader, ffcv_available
+from nrcc_scale.data.ffcv_io import ffcv_available
+from nrcc_scale.data.loaders import build_train_loader
 
 BATCH = 64
 SEED = 0

@@ -70,7 +70,8 @@ from _common import parse_args, print_table, write_json
 from nrcc_scale.config import AugmentConfig, DataConfig
 from nrcc_scale.data.augment import BatchPhotometricAugment
 from nrcc_scale.data.base import ArraySource, ImageSource
-from nrcc_scale.data.loaders import build_train_loader, ffcv_available
+from nrcc_scale.data.ffcv_io import ffcv_available
+from nrcc_scale.data.loaders import build_train_loader
 
 NUM_CLASSES = 10
 STOCK = "stock v2"

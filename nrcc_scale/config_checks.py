@@ -27,11 +27,10 @@ def method_names() -> tuple[str, ...]:
 
 
 def dataset_names() -> tuple[str, ...]:
-    """The ``data.dataset`` values: the data registry (``nrcc_scale.data.registry``)."""
-    import nrcc_scale.data.formats  # noqa: F401  (fills the registry; goes when the registry lists its names)
-    from nrcc_scale.data.registry import BUILDERS
+    """The ``data.dataset`` values: the one table of data sets (``nrcc_scale.data.catalog``)."""
+    from nrcc_scale.data.catalog import dataset_names as catalog_names
 
-    return tuple(BUILDERS)
+    return catalog_names()
 
 
 def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:

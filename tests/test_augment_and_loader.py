@@ -19,7 +19,7 @@ from nrcc_scale.data.augment import (
     rgb_to_gray,
 )
 from nrcc_scale.data.digits import load_digits_source
-from nrcc_scale.data.views import EpochLoader, MultiViewDataset
+from nrcc_scale.data.torchvision_loader import EpochLoader, MultiViewDataset
 
 
 @pytest.fixture(scope="module")

@@ -20,21 +20,20 @@ import pytest
 from PIL import Image
 
 from nrcc_scale.config import DataConfig
-from nrcc_scale.config_checks import dataset_names
 from nrcc_scale.config_load import load_config
-from nrcc_scale.data import formats
+from nrcc_scale.data import imagenet
 from nrcc_scale.data.__main__ import main as data_cli
 from nrcc_scale.data.base import ConcatSource, DataError, SubsetSource
-from nrcc_scale.data.formats import (
+from nrcc_scale.data.catalog import BUILDERS, dataset_names
+from nrcc_scale.data.cifar import (
     CIFAR100_COARSE_NAMES,
     CIFAR100_FINE_NAMES,
     CIFAR100_FINE_TO_COARSE,
-    BadImageWarning,
-    check_image_file,
     long_tail_counts,
     long_tail_indices,
 )
-from nrcc_scale.data.registry import BUILDERS, build_data
+from nrcc_scale.data.image_checks import BadImageWarning, check_image_file
+from nrcc_scale.data.registry import build_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -564,8 +563,8 @@ def write_imagenet(root: Path, wnids: list[str], per: int = 2, val: str = "folde
 
 
 def _imagenet_wnids() -> tuple[list[str], list[str], list[str]]:
-    in10 = formats.load_wnids("imagenet10")
-    dogs = formats.load_wnids("imagenet_dogs")
+    in10 = imagenet.load_wnids("imagenet10")
+    dogs = imagenet.load_wnids("imagenet_dogs")
     others = ["n01440764", "n01443537"]
     return in10, dogs, sorted(set(in10) | set(dogs) | set(others))
 

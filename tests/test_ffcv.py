@@ -30,7 +30,7 @@ from nrcc_scale.data.base import ArraySource, DataError
 from nrcc_scale.data.ffcv_io import read_beton_fields, write_beton
 from nrcc_scale.data.ffcv_loader import FFCVTrainLoader, epoch_shard
 from nrcc_scale.data.loaders import build_train_loader, use_ffcv
-from nrcc_scale.data.views import EpochLoader, MultiViewDataset
+from nrcc_scale.data.torchvision_loader import EpochLoader, MultiViewDataset
 
 pytestmark = pytest.mark.ffcv
 

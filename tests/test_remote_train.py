@@ -48,7 +48,7 @@ def _train(args: list[str], timeout: int = 600, **env: str) -> subprocess.Comple
 
 def _digits_beton(folder: Path) -> Path:
     ffcv_io = pytest.importorskip("nrcc_scale.data.ffcv_io")
-    from nrcc_scale.data.loaders import ffcv_available
+    from nrcc_scale.data.ffcv_io import ffcv_available
 
     if not ffcv_available():
         pytest.skip("ffcv is not installed")

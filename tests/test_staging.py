@@ -193,7 +193,7 @@ def test_prepare_writes_locally_then_uploads_the_complete_beton(s3_server, tmp_p
     from PIL import Image
 
     from nrcc_scale.data.__main__ import main as data_main
-    from nrcc_scale.data.loaders import ffcv_available
+    from nrcc_scale.data.ffcv_io import ffcv_available
 
     if not ffcv_available():
         pytest.skip("ffcv is not installed")

@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from nrcc_scale.config import Config, ConfigError
-from nrcc_scale.config_checks import dataset_names, validate_config
+from nrcc_scale.config_checks import validate_config
 from nrcc_scale.config_load import load_config
 from nrcc_scale.data.base import DataBundle, DataError, ImageSource
+from nrcc_scale.data.catalog import dataset_names
+from nrcc_scale.data.image_checks import VERIFY_LEVELS
 
 SPLITS = ("train", "test", "evaluate", "all")
 LONGTAIL_DATASETS = ("cifar10", "cifar10_lt", "cifar20", "cifar20_lt", "cifar100")
@@ -38,11 +40,11 @@ def _add_data_args(parser: argparse.ArgumentParser, need_root: bool = True) -> N
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="run config(s) whose data section to use (flags override it)")
     parser.add_argument("--dataset", choices=dataset_names(), help="data set name")
-    parser.add_argument("--root", help="data folder (see nrcc_scale/data/formats.py for each layout)")
+    parser.add_argument("--root", help="data folder (see nrcc_scale/data/catalog.py for each layout)")
     parser.add_argument("--on-bad-file", choices=("fail", "skip"),
                         help="unreadable or corrupt images: stop with their paths (fail) or leave them "
                              "out (skip)")
-    parser.add_argument("--verify", choices=("auto", "none", "header", "decode"),
+    parser.add_argument("--verify", choices=VERIFY_LEVELS,
                         help="how image files are checked when indexed (default: decode with --on-bad-file "
                              "skip for prepare, else auto)")
     parser.add_argument("--imbalance-ratio", type=float, help="long-tailed sets: largest / smallest class")
@@ -196,7 +198,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_longtail(args: argparse.Namespace) -> int:
-    from nrcc_scale.data.formats import long_tail_indices, read_cifar10, read_cifar100
+    from nrcc_scale.data.cifar import long_tail_indices, read_cifar10, read_cifar100
     from nrcc_scale.utils.files import atomic_path
 
     if args.dataset not in LONGTAIL_DATASETS:

@@ -21,6 +21,12 @@ class DataError(ValueError):
     """A problem with the data on disk, worded with the path and what to do."""
 
 
+def describe_error(err: BaseException) -> str:
+    """An exception as the short reason quoted in a :class:`DataError` or a warning."""
+    text = str(err).strip() or type(err).__name__
+    return f"{type(err).__name__}: {text}" if type(err).__name__ not in text else text
+
+
 class ImageSource(abc.ABC):
     """A labelled image collection. Subclasses set the attributes and implement :meth:`image`."""
 
@@ -134,6 +140,20 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[
         held.append(rows[:n_held])
         keep.append(rows[n_held:])
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation in [0, 1] of ``N x H x W x 3`` uint8 images."""
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    for start in range(0, len(images), chunk):
+        block = images[start:start + chunk].reshape(-1, 3).astype(np.float64)
+        total += block.sum(0)
+        squares += (block * block).sum(0)
+    count = images.shape[0] * images.shape[1] * images.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 1e-12))
+    return tuple(float(m / 255) for m in mean), tuple(float(s / 255) for s in std)
 
 
 def raw_pixel_features(source: ImageSource, max_side: int = 32) -> np.ndarray:

@@ -30,6 +30,15 @@ import numpy as np
 from nrcc_scale.data.base import DataError, ImageSource
 from nrcc_scale.utils.files import atomic_path
 
+
+def ffcv_available() -> bool:
+    try:
+        import ffcv  # noqa: F401
+    except Exception:  # ImportError, or a missing system library (libturbojpeg, OpenCV)
+        return False
+    return True
+
+
 WRITE_MODES = ("jpg", "raw", "proportion")
 FIELDS = ("index", "image", "label")
 MIN_PAGE = 1 << 21  # FFCV's smallest page (2 MiB); a sample must fit in one page

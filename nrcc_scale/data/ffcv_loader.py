@@ -215,7 +215,8 @@ def _clamped_threads(threads: int) -> int:
 
 
 class FFCVTrainLoader:
-    """FFCV counterpart of :class:`nrcc_scale.data.views.EpochLoader` (see the module docstring).
+    """FFCV counterpart of :class:`nrcc_scale.data.torchvision_loader.EpochLoader` (see the module
+    docstring).
 
     ``batch_size`` is per worker; ``data.beton`` names the file, ``data.loader_workers`` the decoding
     threads (0: :func:`default_threads`). ``expected_samples`` (optional) checks the file against the

@@ -16,7 +16,8 @@ import torch
 from nrcc_scale.config import DataConfig
 from nrcc_scale.data.augment import SpatialAugment
 from nrcc_scale.data.base import ImageSource
-from nrcc_scale.data.views import EpochLoader, MultiViewDataset
+from nrcc_scale.data.ffcv_io import ffcv_available
+from nrcc_scale.data.torchvision_loader import EpochLoader, MultiViewDataset
 
 
 class TrainLoader(Protocol):
@@ -25,14 +26,6 @@ class TrainLoader(Protocol):
     def __len__(self) -> int: ...
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]: ...
-
-
-def ffcv_available() -> bool:
-    try:
-        import ffcv  # noqa: F401
-    except Exception:  # ImportError, or a missing system library (libturbojpeg, OpenCV)
-        return False
-    return True
 
 
 def use_ffcv(cfg: DataConfig) -> bool:

@@ -65,7 +65,8 @@ def epoch_indices(manifest: Manifest, rank: int, world_size: int, seed: int, epo
 
 
 class ParquetTrainLoader:
-    """The deterministic Parquet counterpart of :class:`nrcc_scale.data.views.EpochLoader` (module docstring)."""
+    """The deterministic Parquet counterpart of :class:`nrcc_scale.data.torchvision_loader.EpochLoader`
+    (module docstring)."""
 
     def __init__(self, cfg: DataConfig, source: ParquetSource | None, resolution: int, num_views: int,
                  batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0, read_ahead: int = 2) -> None:

@@ -21,7 +21,7 @@ def check_beton(beton: str) -> None:
     if remote_fs.is_remote(beton):
         remote_fs.stat_file(beton)
         return
-    from nrcc_scale.data.loaders import ffcv_available
+    from nrcc_scale.data.ffcv_io import ffcv_available
 
     path = remote_fs.local_path_of(beton)
     import os

@@ -15,11 +15,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nrcc_scale.config import DataConfig
 from nrcc_scale.data.base import DataBundle, DataError, ImageSource
+from nrcc_scale.data.image_checks import (
+    IMAGE_EXTENSIONS,
+    BadFile,
+    FileIndex,
+    finalize_index,
+    is_ignored,
+    is_image_name,
+    list_class_folder,
+    verify_level,
+)
+from nrcc_scale.data.image_files import ImageFolderSource
+
+if TYPE_CHECKING:  # annotations only: the data set table (catalog) must not import the config at run time
+    from nrcc_scale.config import DataConfig
 
 UNLABELLED = -1
 
@@ -54,23 +68,11 @@ def strip_labels(bundle: DataBundle) -> DataBundle:
 
 
 def has_top_level_images(root: Path) -> bool:
-    from nrcc_scale.data.formats import _is_ignored, _is_image_name
-
-    return any(e.is_file() and not _is_ignored(e.name) and _is_image_name(e.name) for e in os.scandir(root))
+    return any(e.is_file() and not is_ignored(e.name) and is_image_name(e.name) for e in os.scandir(root))
 
 
 def unlabelled_folder_source(name: str, root: Path, cfg: DataConfig) -> ImageSource:
     """Every image file below ``root`` (recursively, sorted), labels -1."""
-    from nrcc_scale.data.formats import (
-        IMAGE_EXTENSIONS,
-        BadFile,
-        FileIndex,
-        ImageFolderSource,
-        _verify_level,
-        finalize_index,
-        list_class_folder,
-    )
-
     images, others = list_class_folder(root)
     if not images:
         raise DataError(f"{name}: no images found in {root} (expected files with one of the extensions "
@@ -78,7 +80,7 @@ def unlabelled_folder_source(name: str, root: Path, cfg: DataConfig) -> ImageSou
     # one pseudo-class 0 lets the bad-file checks and the same-class substitution work unchanged
     index = FileIndex(root, images, [0] * len(images), ["images"], [BadFile(str(root / o), "not an image file "
                                                                             "(extension)") for o in others])
-    relative, _ = finalize_index(index, name, cfg.on_bad_file, _verify_level(cfg))
+    relative, _ = finalize_index(index, name, cfg.on_bad_file, verify_level(cfg))
     source = ImageFolderSource(name, root, relative, np.zeros(len(relative), dtype=np.int64), ["images"],
                                cfg.on_bad_file)
     return UnlabelledView(source, name=name)

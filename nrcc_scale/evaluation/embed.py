@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from nrcc_scale.data.base import ImageSource
-from nrcc_scale.data.views import EvalDataset
+from nrcc_scale.data.torchvision_loader import EvalDataset
 
 
 @dataclass
