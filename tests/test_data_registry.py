@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from nrcc_scale.config import ConfigError, load_config, validate_config
+from nrcc_scale.config import ConfigError
+from nrcc_scale.config_checks import validate_config
+from nrcc_scale.config_load import load_config
 from nrcc_scale.data.catalog import BUILDERS, dataset_names
 
 REPO = Path(__file__).resolve().parents[1]
