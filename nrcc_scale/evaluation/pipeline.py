@@ -1,6 +1,6 @@
-"""The clustering evaluation of EVALUATION.md on a matrix of embeddings.
+"""The clustering evaluation of docs/spec/EVALUATION.md on a matrix of embeddings.
 
-    embeddings --(faiss kNN graph)--> UMAP to 3-d --> GridShift (no k) --> NMI / ACC / ARI / AMI
+    embeddings --(kNN graph, cluster/knn.py)--> UMAP to 3-d --> GridShift (no k) --> NMI / ACC / ARI / AMI
 
 next to the baselines: k-means with the true k on the embeddings (the paper's), HDBSCAN on the same UMAP
 output (what UMAP's documentation recommends; issue 11) and the same UMAP + GridShift on raw pixels. Every
