@@ -35,6 +35,10 @@ def test_channels_last_defaults_to_conv_backbones_on_cuda() -> None:
     cfg = load_config()
     assert use_channels_last(cfg, CUDA) and not use_channels_last(cfg, CPU)
     assert not use_channels_last(load_config(overrides=["model.backbone=vit_tiny"]), CUDA)
+    # any timm name: by its family (convolutional ResNets and ConvNeXts yes, ViTs no)
+    assert use_channels_last(load_config(overrides=["model.backbone=convnext_tiny"]), CUDA)
+    assert use_channels_last(load_config(overrides=["model.backbone=resnet10t"]), CUDA)
+    assert not use_channels_last(load_config(overrides=["model.backbone=vit_small_patch16_224"]), CUDA)
     assert use_channels_last(load_config(overrides=["model.channels_last=true"]), CPU)
 
 

@@ -16,8 +16,8 @@ from torch import nn
 
 from nrcc_scale.config import Config, ConfigError
 
-#: Backbones made of convolutions (channels_last helps cuDNN); ViTs gain nothing from it.
-CONV_BACKBONES = ("resnet_tiny", "resnet18", "resnet34", "resnet50")
+#: Backbone families made of convolutions (channels_last helps cuDNN); ViTs gain nothing from it.
+CONV_FAMILIES = ("resnet", "convnext")
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -46,7 +46,9 @@ def use_channels_last(cfg: Config, device: torch.device) -> bool:
     """``model.channels_last``; None = on for convolutional backbones on CUDA."""
     if cfg.model.channels_last is not None:
         return cfg.model.channels_last
-    return device.type == "cuda" and cfg.model.backbone in CONV_BACKBONES
+    from nrcc_scale.models.backbones import backbone_family
+
+    return device.type == "cuda" and backbone_family(cfg.model.backbone) in CONV_FAMILIES
 
 
 def use_sync_bn(cfg: Config, device: torch.device, world_size: int) -> bool:
