@@ -30,7 +30,7 @@ from _common import parse_args, print_table, write_json
 from make_embeddings import generate
 
 from nrcc_scale.cluster import backends
-from nrcc_scale.cluster.knn import PYNNDESCENT_WIDE_ABOVE, GraphChoice, _build, graph_recall
+from nrcc_scale.cluster.knn import PYNNDESCENT_WIDE_ABOVE, GraphChoice, build_graph, graph_recall
 
 K = 10
 
@@ -38,7 +38,7 @@ K = 10
 def timed_build(x: np.ndarray, widen: int, init_graph: np.ndarray | None = None) -> tuple[Any, float]:
     choice = GraphChoice("pynndescent", False, "benchmark", widen=widen)
     start = time.perf_counter()
-    graph = _build(x, K, "cosine", choice, 0, backends.cpu_threads(), False, None, {}, init_graph=init_graph)
+    graph = build_graph(x, K, "cosine", choice, 0, backends.cpu_threads(), False, None, {}, init_graph=init_graph)
     return graph, time.perf_counter() - start
 
 

@@ -97,6 +97,7 @@ __all__ = [
     "choose_graph_builder",
     "exact_max_rows",
     "graph_recall",
+    "build_graph",
     "KNNResult",
     "SearchPlan",
     "default_nlist",
@@ -331,7 +332,7 @@ def knn_graph(X: np.ndarray, n_neighbors: int, metric: str = "cosine", *, backen
                                   pynndescent=_pynndescent_available())
     kw.pop("exact_limit", None)
     start = time.perf_counter()
-    graph = _build(arr, n_neighbors, metric, choice, seed, cores, progress, use_gpu, kw)
+    graph = build_graph(arr, n_neighbors, metric, choice, seed, cores, progress, use_gpu, kw)
     seconds = time.perf_counter() - start
     if recall_sample > 0:
         graph.recall = graph_recall(arr, graph, sample=recall_sample, seed=seed or 0)
@@ -342,7 +343,7 @@ def knn_graph(X: np.ndarray, n_neighbors: int, metric: str = "cosine", *, backen
             log.warning("stage knn: faiss-cells reached recall %.4f < eval.knn_min_recall %.3f on %d rows; "
                         "rebuilding with pynndescent", graph.recall, min_recall, graph.recall_rows)
             choice = pynndescent_choice(n, f"recall of faiss-cells {graph.recall:.4f} < {min_recall}")
-            graph = _build(arr, n_neighbors, metric, choice, seed, cores, progress, use_gpu, kw)
+            graph = build_graph(arr, n_neighbors, metric, choice, seed, cores, progress, use_gpu, kw)
             graph.recall = graph_recall(arr, graph, sample=recall_sample, seed=seed or 0)
             below = graph.recall < min_recall
         if below and choice.builder == "pynndescent" and choice.widen == 1:
@@ -352,7 +353,7 @@ def knn_graph(X: np.ndarray, n_neighbors: int, metric: str = "cosine", *, backen
             log.warning("stage knn: pynndescent reached recall %.4f < eval.knn_min_recall %.3f on %d rows; "
                         "rebuilding with 2x the neighbours", graph.recall, min_recall, graph.recall_rows)
             choice = GraphChoice("pynndescent", False, f"recall at k {graph.recall:.4f} < {min_recall}", widen=2)
-            graph = _build(arr, n_neighbors, metric, choice, seed, cores, progress, use_gpu, kw,
+            graph = build_graph(arr, n_neighbors, metric, choice, seed, cores, progress, use_gpu, kw,
                            init_graph=graph.indices)
             graph.recall = graph_recall(arr, graph, sample=recall_sample, seed=seed or 0)
             below = graph.recall < min_recall
@@ -362,7 +363,7 @@ def knn_graph(X: np.ndarray, n_neighbors: int, metric: str = "cosine", *, backen
             log.warning("stage knn: %s reached recall %.4f < eval.knn_min_recall %.3f on %d rows; rebuilding "
                         "with %s", choice.backend, graph.recall, min_recall, graph.recall_rows, fallback)
             choice = GraphChoice(fallback, gpu, f"recall of {choice.builder} {graph.recall:.4f} < {min_recall}")
-            graph = _build(arr, n_neighbors, metric, choice, seed, cores, progress, use_gpu, kw)
+            graph = build_graph(arr, n_neighbors, metric, choice, seed, cores, progress, use_gpu, kw)
             graph.recall = graph_recall(arr, graph, sample=recall_sample, seed=seed or 0)
             graph.recall_rows = min(recall_sample, n)
     graph.choice = choice
@@ -370,7 +371,7 @@ def knn_graph(X: np.ndarray, n_neighbors: int, metric: str = "cosine", *, backen
     return graph
 
 
-def _build(arr: np.ndarray, n_neighbors: int, metric: str, choice: GraphChoice, seed: int | None, cores: int,
+def build_graph(arr: np.ndarray, n_neighbors: int, metric: str, choice: GraphChoice, seed: int | None, cores: int,
            progress: bool, use_gpu: bool | None, kw: dict[str, Any],
            init_graph: np.ndarray | None = None) -> KNNResult:
     """Run one builder; return the graph in :func:`knn_graph`'s layout. ``init_graph``: pynndescent only,
