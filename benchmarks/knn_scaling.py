@@ -25,6 +25,7 @@ the next N; the table lists it as "not run" with the reason, never as a number.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -85,6 +86,9 @@ def main() -> None:
                        help="sizes to run (default: 1e4 x {64,256,1024}, 3e4 x 1024, 1e5 x {64,256}, 1e6 x 256)")
         p.add_argument("--budget", type=float, default=60.0, help="seconds of scikit-learn search per size")
         p.add_argument("--skip-factor", type=float, default=3.0)
+        p.add_argument("--builders", nargs="+", default=list(BUILDERS), choices=BUILDERS,
+                       help="which builders to run, in this order (default: all)")
+        p.add_argument("--no-sklearn", action="store_true", help="leave out the scikit-learn row")
 
     args = parse_args(__doc__.splitlines()[0], add_arguments)
     if args.grid:
@@ -96,6 +100,7 @@ def main() -> None:
         grid = [(10_000, 64), (10_000, 256), (10_000, 1024), (30_000, 1024), (100_000, 64), (100_000, 256),
                 (1_000_000, 256)]
     cores = backends.cpu_threads()
+    load_at_start = os.getloadavg()[0]
     start = time.perf_counter()
     knn_graph(clustered_embeddings(2000, 32), K, backend="pynndescent", recall_sample=0)
     jit_s = time.perf_counter() - start
@@ -107,7 +112,7 @@ def main() -> None:
         times: dict[str, float] = {}
         rule = choose_graph_builder(n, d, cores).builder
         prev = best_prev.get(d)
-        for builder in BUILDERS:
+        for builder in args.builders:
             row: dict[str, Any] = {"N": n, "d": d, "builder": builder, "rule picks": builder == rule}
             if prev and builder in prev and prev[builder] > args.skip_factor * min(prev.values()):
                 row["note"] = f"not run: > {args.skip_factor:g}x the fastest at the previous N"
@@ -124,20 +129,24 @@ def main() -> None:
             row["recall_rows"] = g.recall_rows
             rows.append(row)
             print(f"  N={n} d={d} {builder}: {row['seconds']:.1f} s recall {g.recall:.4f}", flush=True)
+        best_prev[d] = times
+        if args.no_sklearn:
+            continue
         sk = sklearn_brute(x, args.budget)
         rows.append({"N": n, "d": d, "builder": "sklearn brute", "rule picks": False, "seconds": sk["seconds"],
                      "recall": sk["recall"], "extrapolated_from": sk.get("extrapolated_from"),
                      "note": f"extrapolated_from: {sk['extrapolated_from']} rows" if "extrapolated_from" in sk
                      else None})
-        fastest = min((t for b, t in times.items()), default=float("nan"))
-        for r in rows:
-            if r["N"] == n and r["d"] == d and "seconds" in r:
-                r["x fastest"] = r["seconds"] / fastest
-        best_prev[d] = times
+    for n, d in grid:  # 'x fastest' among the builders run at that size, scikit-learn included
+        at_size = [r for r in rows if r["N"] == n and r["d"] == d and "seconds" in r]
+        fastest = min((r["seconds"] for r in at_size), default=float("nan"))
+        for r in at_size:
+            r["x fastest"] = r["seconds"] / fastest
     columns = ["N", "d", "builder", "rule picks", "seconds", "x fastest", "recall", "note"]
     print_table(rows, columns, title=f"kNN graph (k = {K}, cosine, whole graph) on {cores} cores; recall on 1000 "
                 "rows; 'seconds' includes the recall check", floatfmt="{:.4g}")
-    notes = [f"{cores} CPU threads; machine shared with other work (timings under load)",
+    notes = [f"{cores} CPU threads; load average {load_at_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the "
+             "end (above the thread count means other work shared the machine: absolute times are pessimistic)",
              f"pynndescent numba compile (once per process, umap-learn pays it too): {jit_s:.1f} s, excluded",
              f"rule: faiss exact while N <= exact_max_rows(d, cores) = sqrt(1.3e12 * cores / d) "
              f"(d=256: {exact_max_rows(256, cores)} rows on {cores} cores), faiss-cells beyond, pynndescent where "
