@@ -15,6 +15,9 @@ processes of this script:
 * **umap-learn alone**: ``umap.UMAP(n_neighbors=10, n_components=3, min_dist=0.0, metric="cosine")
   .fit_transform(X)`` - its own pynndescent graph, all cores (``n_jobs=-1``), no seed; nothing else. Its
   output is then clustered by GridShift in this process (not timed) to give its NMI.
+* ``trust``: the UMAP layout's trustworthiness (k = 10, cosine, 2000 seeded rows; ``evaluation.label_free``),
+  from ours' metrics.json and computed the same way on umap-learn's layout: how well each keeps the
+  embedding's neighbours, i.e. whether our kNN graph costs UMAP anything against umap-learn's own.
 * **before** (``--before CHECKOUT``): the same command as ours run from another checkout (the code before
   issue 17), for a before/after measured on the same data and machine.
 
@@ -81,11 +84,16 @@ def run_child(cmd: list[str], cwd: Path, log_path: Path) -> dict[str, Any]:
     return {"seconds": seconds, "peak_gib": peak / 2**30, "rc": rc}
 
 
-def gridshift_nmi(embedding_path: Path, labels: np.ndarray) -> float:
+def score_layout(embedding_path: Path, x_path: Path, labels: np.ndarray) -> dict[str, float | None]:
+    """NMI of GridShift on a saved UMAP layout, and the layout's trustworthiness - the same sampled score
+    (rows, seed, k) that ``evaluate`` writes to its metrics.json."""
     from nrcc_scale.cluster import GridShift, clustering_scores
+    from nrcc_scale.evaluation.label_free import trustworthiness
 
-    pred = GridShift().fit_predict(np.load(embedding_path))
-    return float(clustering_scores(labels, pred)["nmi"])
+    layout = np.load(embedding_path)
+    pred = GridShift().fit_predict(layout)
+    return {"nmi_after_gridshift": float(clustering_scores(labels, pred)["nmi"]),
+            "trustworthiness": trustworthiness(np.load(x_path, mmap_mode="r"), layout)}
 
 
 def evaluate_run(python: str, checkout: Path, x: Path, y: Path, out: Path, tag: str,
@@ -97,6 +105,7 @@ def evaluate_run(python: str, checkout: Path, x: Path, y: Path, out: Path, tag: 
         metrics = json.loads((out / "metrics.json").read_text())
         res["stages"] = metrics.get("seconds", {})
         res["nmi"] = metrics.get("nmi")
+        res["trustworthiness"] = metrics.get("trustworthiness")
         res["clusters"] = metrics.get("num_clusters")
         res["recall"] = (metrics.get("knn") or {}).get("recall")
         res["knn_builder"] = (metrics.get("knn") or {}).get("builder", metrics.get("backends", {}).get("knn"))
@@ -148,7 +157,7 @@ def main() -> None:
             entry["umap_alone"] = run_child([python, "-c", UMAP_ALONE, str(x), str(emb)], repo,
                                             work / f"umap_alone_{n}.log")
             if entry["umap_alone"]["rc"] == 0:
-                entry["umap_alone"]["nmi_after_gridshift"] = gridshift_nmi(emb, labels)
+                entry["umap_alone"].update(score_layout(emb, x, labels))
             print(f"  umap-learn alone: {entry['umap_alone']['seconds']:.1f} s, peak "
                   f"{entry['umap_alone']['peak_gib']:.2f} GiB", flush=True)
         if args.before is not None and n <= args.before_max_n:
@@ -170,6 +179,8 @@ def main() -> None:
                "metrics s": st.get("metrics"), "baselines s": st.get("baselines"),
                "recall": ours.get("recall"), "NMI ours": ours.get("nmi"), "clusters ours": ours.get("clusters"),
                "NMI umap-alone+GridShift": alone.get("nmi_after_gridshift") if alone else None,
+               "trust ours": ours.get("trustworthiness"),
+               "trust umap-alone": alone.get("trustworthiness") if alone else None,
                "peak GiB ours": ours["peak_gib"], "peak GiB umap-alone": alone["peak_gib"] if alone else None}
         total_stages = sum(v for v in st.values()) or float("nan")
         for key in ("knn", "reduce", "cluster", "metrics", "baselines"):
@@ -185,7 +196,8 @@ def main() -> None:
             row["variant clusters"] = e["variant"].get("clusters")
         rows.append(row)
     columns = ["N", "ours s", "umap-learn alone s", "ratio", "kNN s", "UMAP s", "GridShift s", "metrics s",
-               "baselines s", "recall", "NMI ours", "clusters ours", "NMI umap-alone+GridShift", "peak GiB ours",
+               "baselines s", "recall", "NMI ours", "clusters ours", "NMI umap-alone+GridShift", "trust ours",
+               "trust umap-alone", "peak GiB ours",
                "peak GiB umap-alone"]
     if any("variant" in r for r in rows):
         columns += ["variant", "variant s", "variant NMI", "variant clusters"]

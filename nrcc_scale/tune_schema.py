@@ -31,7 +31,7 @@ MONITOR_METRICS = ("knn_acc", "global_std", "monitor_nmi", "monitor_acc", "monit
                    "monitor_singleton_fraction")
 #: Final scores that need labels, and those that do not (nrcc_scale.evaluation.label_free).
 LABELLED_METRICS = ("nmi", "acc", "ari", "ami", "knn_acc", "linear_acc", "monitor_nmi", "monitor_acc", "monitor_ari")
-LABEL_FREE_METRICS = ("rankme", "stability", "silhouette", "num_clusters", "cluster_size_cv",
+LABEL_FREE_METRICS = ("rankme", "stability", "silhouette", "trustworthiness", "num_clusters", "cluster_size_cv",
                       "largest_cluster_fraction", "singleton_fraction", "global_std")
 #: What tune.metric and tune.scheduler.metric may name.
 KNOWN_METRICS = tuple(dict.fromkeys(LABELLED_METRICS + LABEL_FREE_METRICS + MONITOR_METRICS

@@ -27,6 +27,7 @@ from nrcc_scale.evaluation.label_free import (
     rankme,
     silhouette,
     size_scores,
+    trustworthiness,
 )
 
 
@@ -63,6 +64,17 @@ def test_stability_is_one_for_separated_blobs_and_below_one_for_noise() -> None:
     value = partition_stability(noise, bandwidth=1.5)
     assert value is not None and value < 0.9
     assert partition_stability(blobs[:10], bandwidth=2.0) is None  # too few points for halves
+
+
+def test_trustworthiness_is_one_for_a_faithful_layout_and_low_for_a_random_one() -> None:
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(400, 16))
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    # unit rows: Euclidean order in the layout is the cosine order in the embedding -> every neighbour kept
+    assert trustworthiness(features, unit) == pytest.approx(1.0)
+    shuffled = trustworthiness(features, rng.normal(size=(400, 3)))
+    assert shuffled is not None and 0.4 < shuffled < 0.6  # unrelated layout: chance level, ~0.5
+    assert trustworthiness(features[:2], unit[:2]) is None
 
 
 def test_silhouette_and_size_scores() -> None:

@@ -14,8 +14,9 @@ Graph builder (:func:`choose_graph_builder`, ``eval.knn_backend`` overrides it)
 * GPU (faiss-GPU usable): faiss exact up to 2·10^5 rows, faiss IVF beyond.
 * CPU: faiss exact while ``N <= exact_max_rows(d, cores) = sqrt(1.3e12 · cores / d)`` (d = 256: 1.0·10^5
   rows on 2 cores, 4.0·10^5 on 32; d = 64: 2.0·10^5 on 2 cores), **faiss-cells** beyond
-  (:mod:`nrcc_scale.cluster.knn_cells`: exact BLAS products inside each fine k-means cell's 8 nearest
-  cells; 128k x 256: 7.3 s at recall .9999, 1.28M x 256: 90 s at recall 1.0000 on clustered embeddings),
+  (:mod:`nrcc_scale.cluster.knn_cells`: exact BLAS products between each fine cell of 128 rows and the 16
+  cells its rows border on, from a two-level k-means, so the cost grows linearly with N; figures in its
+  docstring and in docs/benchmarks.md),
   and where its recall is below the floor **pynndescent** - the builder umap-learn itself uses, run with
   umap-learn's own parameters (n_trees, n_iters, max_candidates=60, low_memory); pynndescent is also the
   builder without faiss. Exact search costs N^2·d / cores; pynndescent ~N·log N and does not care much about

@@ -22,8 +22,8 @@ SECTIONS = (("clusters.png", "The largest clusters (images nearest each mode)"),
             ("confusion.png", "True class vs found cluster"),
             ("curves.png", "Training curves"))
 SCORE_KEYS = ("nmi", "acc", "ari", "ami", "knn_acc", "linear_acc", "num_clusters", "rankme", "stability",
-              "silhouette", "cluster_size_cv", "largest_cluster_fraction", "singleton_fraction", "global_std",
-              "bandwidth", "num_samples", "embedding_dim")
+              "silhouette", "trustworthiness", "cluster_size_cv", "largest_cluster_fraction", "singleton_fraction",
+              "global_std", "bandwidth", "num_samples", "embedding_dim")
 
 STYLE = """body{font-family:sans-serif;margin:24px;color:#222;max-width:1400px}
 pre{background:#f4f4f4;padding:12px;border:1px solid #ccc;font-size:13px;overflow-x:auto}

@@ -12,6 +12,11 @@
 * ``silhouette`` — the mean silhouette of the found clusters in the UMAP space GridShift ran on
   (Euclidean), on at most :data:`SILHOUETTE_MAX_ROWS` seeded rows; in [-1, 1], higher = tighter and
   better separated clusters. ``None`` when fewer than 2 or more than n-1 clusters exist.
+* ``trustworthiness`` — how well the UMAP layout keeps each point's neighbours (Venna & Kaski 2001,
+  scikit-learn's ``trustworthiness``: 1 minus a penalty for layout neighbours that were not neighbours in
+  the embedding, by their rank there), k = 10, cosine in the embedding, on at most
+  :data:`TRUSTWORTHINESS_MAX_ROWS` seeded rows (O(n^2)); in [0, 1], higher = more faithful. It scores the
+  UMAP stage, not the clustering: the number to compare kNN graph builders or UMAP settings by.
 * ``num_clusters``, ``cluster_size_cv`` (std / mean of the cluster sizes: the size spread),
   ``largest_cluster_fraction`` and ``singleton_fraction`` (the share of *samples* that are alone in their
   cluster: points GridShift could not attach to any mode).
@@ -28,6 +33,8 @@ UNLABELLED = -1
 RANKME_EPS = 1e-7  # Garrido et al. 2023, section 3
 RANKME_MAX_ROWS = 25_600  # the paper's evaluation size; the rank of a larger sample changes little
 SILHOUETTE_MAX_ROWS = 5_000  # silhouette is O(n^2)
+TRUSTWORTHINESS_MAX_ROWS = 2_000  # O(n^2) distances in both spaces; ~0.2 s
+TRUSTWORTHINESS_NEIGHBOURS = 10  # the kNN graph's k
 STABILITY_MIN_ROWS = 20  # fewer points than this: no meaningful halves
 
 #: score name -> "max" or "min": the direction in which the score is better (for sweeps and selection)
@@ -81,6 +88,20 @@ def nearest_mode(points: np.ndarray, modes: np.ndarray) -> np.ndarray:
     return out
 
 
+def trustworthiness(features: np.ndarray, reduced: np.ndarray, max_rows: int = TRUSTWORTHINESS_MAX_ROWS,
+                    seed: int = 0) -> float | None:
+    """scikit-learn's trustworthiness of ``reduced`` for ``features`` (cosine) on at most ``max_rows`` seeded
+    rows; None with too few rows for k = 10 neighbours."""
+    from sklearn.manifold import trustworthiness as sk_trustworthiness
+
+    rows = _rows(features.shape[0], max_rows, seed)
+    k = min(TRUSTWORTHINESS_NEIGHBOURS, (rows.size - 1) // 2)
+    if k < 1:
+        return None
+    return float(sk_trustworthiness(np.asarray(features[rows], dtype=np.float64),
+                                    np.asarray(reduced[rows], dtype=np.float64), n_neighbors=k, metric="cosine"))
+
+
 def partition_stability(reduced: np.ndarray, bandwidth: float | None, seed: int = 0,
                         max_iter: int = 100) -> float | None:
     """ARI between the GridShift partitions of two disjoint random halves, each extended to all points by
@@ -116,6 +137,7 @@ def label_free_scores(features: np.ndarray, reduced: np.ndarray | None, predicte
     if reduced is not None:
         out["stability"] = partition_stability(reduced, bandwidth, seed=seed, max_iter=max_iter)
         out["silhouette"] = silhouette(reduced, predicted, seed=seed)
+        out["trustworthiness"] = trustworthiness(features, reduced, seed=seed)
     out.update(size_scores(predicted))
     return out
 
@@ -127,6 +149,6 @@ def format_rows(scores: dict[str, float | None]) -> list[str]:
         return "-" if value is None else f"{value:.4f}"
 
     return [f"label-free: RankMe {f('rankme')}, stability (ARI of halves) {f('stability')}, "
-            f"silhouette (UMAP) {f('silhouette')}",
+            f"silhouette (UMAP) {f('silhouette')}, UMAP trustworthiness {f('trustworthiness')}",
             f"label-free: {scores.get('num_clusters')} clusters, size CV {f('cluster_size_cv')}, largest "
             f"{f('largest_cluster_fraction')}, singleton fraction {f('singleton_fraction')}"]
