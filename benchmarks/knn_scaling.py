@@ -148,7 +148,7 @@ def main() -> None:
     notes = [f"{cores} CPU threads; load average {load_at_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the "
              "end (above the thread count means other work shared the machine: absolute times are pessimistic)",
              f"pynndescent numba compile (once per process, umap-learn pays it too): {jit_s:.1f} s, excluded",
-             f"rule: faiss exact while N <= exact_max_rows(d, cores) = sqrt(1.3e12 * cores / d) "
+             f"rule: faiss exact while N <= exact_max_rows(d, cores) = sqrt(2e11 * cores / d) "
              f"(d=256: {exact_max_rows(256, cores)} rows on {cores} cores), faiss-cells beyond, pynndescent where "
              "faiss-cells misses the recall floor",
              "seconds include the 1000-row recall check (a few % at 10^6)"]

@@ -12,22 +12,27 @@ graph's recall against exact search (``graph_recall``, 1000 rows) and reports it
 Graph builder (:func:`choose_graph_builder`, ``eval.knn_backend`` overrides it)
 -------------------------------------------------------------------------------
 * GPU (faiss-GPU usable): faiss exact up to 2·10^5 rows, faiss IVF beyond.
-* CPU: faiss exact while ``N <= exact_max_rows(d, cores) = sqrt(1.3e12 · cores / d)`` (d = 256: 1.0·10^5
-  rows on 2 cores, 4.0·10^5 on 32; d = 64: 2.0·10^5 on 2 cores), **faiss-cells** beyond
+* CPU: faiss exact while ``N <= exact_max_rows(d, cores) = sqrt(2e11 · cores / d)`` (d = 256: 4.0·10^4
+  rows on 2 cores, 1.6·10^5 on 32; d = 64: 7.9·10^4 on 2 cores), **faiss-cells** beyond
   (:mod:`nrcc_scale.cluster.knn_cells`: exact BLAS products between each fine cell of 128 rows and the 16
-  cells its rows border on, from a two-level k-means, so the cost grows linearly with N; figures in its
-  docstring and in docs/benchmarks.md),
+  cells its rows border on, from a two-level k-means, so the cost grows linearly with N),
   and where its recall is below the floor **pynndescent** - the builder umap-learn itself uses, run with
   umap-learn's own parameters (n_trees, n_iters, max_candidates=60, low_memory); pynndescent is also the
-  builder without faiss. Exact search costs N^2·d / cores; pynndescent ~N·log N and does not care much about
-  d, so the break-even N grows as sqrt(cores / d). The measurements below the first bullet predate
-  faiss-cells (pynndescent was the rule beyond the break-even then).
+  builder without faiss. Exact search costs N^2·d / cores, faiss-cells ~N·2048·d / cores, so the break-even
+  N grows as sqrt(cores / d). Measured on a quiet machine (``benchmarks/knn_scaling.py --grid 10000:64
+  10000:256 10000:1024 100000:256``, docs/benchmarks/knn_scaling.json, 2 cores): 10^4 x 256 - exact 0.36 s,
+  cells 0.35 s (recall .9997), pynndescent 0.24 s (compiled); 10^5 x 256 - exact 23.2 s, cells 4.3 s
+  (.9996), pynndescent 4.4 s (.995, compiled), IVF 9.6 s, HNSW 11.7 s (.960); 10^6 x 256 (every builder on
+  the whole graph) - cells 43 s (.996), pynndescent 83 s (.997), HNSW 393 s (.766), IVF 669 s (.998),
+  exact 2405 s, scikit-learn brute 9446 s extrapolated from 4096 queries. The measured break-even with
+  cells is ~2·10^4 rows at d = 256 on 2 cores; the rule keeps exact to twice that, where both take ~1 s,
+  because exact needs no recall floor and cannot fall back to pynndescent's ~25 s numba compilation.
+  The figures below predate faiss-cells (pynndescent was the rule beyond the break-even then).
 * Measurements behind the rule (2 cores, k = 10, cosine, 256-d, whole graph):
   - issue 17's figures on this machine: 10^5 rows - faiss exact 41 s, pynndescent 39 s (its numba
-    compilation included): even, hence the break-even constant; 10^6 rows - faiss IVF (nlist 4000,
+    compilation included): even, hence the first break-even constant (1.3e12); 10^6 rows - faiss IVF (nlist 4000,
     nprobe 32) 327 s at recall .9998, pynndescent 64 s at recall .995: **pynndescent wins 5x**.
-  - ``benchmarks/knn_scaling.py --grid 10000:64 10000:256 10000:1024 100000:256`` (docs/benchmarks/
-    knn_scaling.json; the machine was loaded by other work, so absolute times are pessimistic), whole
+  - an earlier run of the same grid (the machine was loaded by other work, so absolute times are pessimistic), whole
     graph, recall on 1000 rows, pynndescent already compiled:
     10^4 x 64: pynndescent 0.50 s, IVF 0.51 s, HNSW 1.4 s, exact 15 s (an outlier under load; 2.1 s at d=256);
     10^4 x 256: pynndescent 0.61 s, IVF 1.0 s, exact 2.1 s, HNSW 2.3 s;
@@ -116,10 +121,10 @@ log = logging.getLogger("nrcc_scale.cluster")
 # ------------------------------------------------------------------------------------------ graph builders
 #: The kNN-graph builders ``knn_graph`` can run (``eval.knn_backend``); "auto" picks by :func:`choose_graph_builder`.
 GRAPH_BUILDERS = ("faiss-exact", "faiss-cells", "faiss-ivf", "faiss-hnsw", "pynndescent", "sklearn")
-#: Exact search does N^2·d multiply-adds; it is the fastest CPU builder while N^2·d / cores stays below this
-#: (fitted in benchmarks/knn_scaling.py, see the module docstring: on 2 cores at d = 256 the break-even with
-#: pynndescent is ~1.0·10^5 rows).
-EXACT_WORK_PER_CORE = 1.3e12
+#: Exact search does N^2·d multiply-adds; it is the CPU builder while N^2·d / cores stays below this
+#: (benchmarks/knn_scaling.py, see the module docstring: on 2 cores at d = 256 the break-even with faiss-cells
+#: is ~2·10^4 rows, and the rule keeps exact to 4·10^4).
+EXACT_WORK_PER_CORE = 2e11
 #: Rows whose neighbours are checked against exact search in every run (``graph_recall``).
 RECALL_SAMPLE = 1000
 #: faiss HNSW parameters (M links per node, construction / search beam widths), see the module docstring.

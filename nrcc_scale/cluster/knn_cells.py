@@ -85,6 +85,9 @@ TRAIN_ROWS_PER_CENTRE = 32
 #: The coarse centres need many more: each must see every cluster it will hold several times, or rows of
 #: one cluster scatter over many coarse cells (16 rows per centre at 128k x 1000 classes: a class over 29 cells).
 COARSE_TRAIN_ROWS_PER_CENTRE = 256
+#: Rows per BLAS product when rows are compared with centres: bounds the transient memory (products and
+#: partition indices) at a few MB per thread however many rows are compared at once.
+NEAREST_BLOCK_ROWS = 4096
 
 
 def coarse_cells_for(n_fine: int, coarse_probe: int = COARSE_PROBE) -> int:
@@ -120,17 +123,24 @@ def _kmeans_centres(x: np.ndarray, k: int, spherical: bool, seed: int,
 
 
 def _nearest(rows: np.ndarray, centres: np.ndarray, count: int, inner: bool, with_scores: bool = False) -> Any:
-    """Indices of each row's ``count`` nearest ``centres``, nearest first (one BLAS product); with
-    ``with_scores`` also their scores (ascending: -similarity, or squared distance less |row|^2)."""
-    prod = rows @ centres.T
-    score = -prod if inner else np.einsum("ij,ij->i", centres, centres)[None, :] - 2.0 * prod
+    """Indices of each row's ``count`` nearest ``centres``, nearest first (one BLAS product per block of
+    NEAREST_BLOCK_ROWS rows, so that the products and partition indices stay small); with ``with_scores``
+    also their scores (ascending: -similarity, or squared distance less |row|^2)."""
     count = min(count, centres.shape[0])
-    top = np.argpartition(score, count - 1, axis=1)[:, :count] if count < centres.shape[0] else \
-        np.broadcast_to(np.arange(centres.shape[0]), score.shape).copy()
-    picked = np.take_along_axis(score, top, axis=1)
-    order = np.argsort(picked, axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)
-    return (top, np.take_along_axis(picked, order, axis=1)) if with_scores else top
+    sq = None if inner else np.einsum("ij,ij->i", centres, centres)[None, :]
+    top = np.empty((rows.shape[0], count), dtype=np.int64)
+    best = np.empty((rows.shape[0], count), dtype=np.float32)
+    for start in range(0, rows.shape[0], NEAREST_BLOCK_ROWS):
+        block = slice(start, min(rows.shape[0], start + NEAREST_BLOCK_ROWS))
+        prod = rows[block] @ centres.T
+        score = -prod if inner else sq - 2.0 * prod
+        found = np.argpartition(score, count - 1, axis=1)[:, :count] if count < centres.shape[0] else \
+            np.broadcast_to(np.arange(centres.shape[0]), score.shape)
+        picked = np.take_along_axis(score, found, axis=1)
+        order = np.argsort(picked, axis=1, kind="stable")
+        top[block] = np.take_along_axis(found, order, axis=1)
+        best[block] = np.take_along_axis(picked, order, axis=1)
+    return (top, best) if with_scores else top
 
 
 def _group(keys: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +223,7 @@ def _route(data: np.ndarray, who: np.ndarray, coarse_top: np.ndarray, fine: np.n
     cell, over the rows that have it among theirs (per row, not per coarse cell: a row whose nearest coarse
     centre is not its cluster's still meets its cluster's fine centres)."""
     n, probe = coarse_top.shape
-    best_id = np.full((n, probe, m), -1, dtype=np.int64)
+    best_id = np.full((n, probe, m), -1, dtype=np.int32)  # fine-centre ids; int32 halves the largest array
     best_score = np.full((n, probe, m), np.inf, dtype=np.float32)
     slots, slot_bounds = _group(coarse_top.ravel(), len(first_fine) - 1)
 
@@ -232,7 +242,8 @@ def _route(data: np.ndarray, who: np.ndarray, coarse_top: np.ndarray, fine: np.n
                   "kNN cells: assign" if progress else None)
     best_id, best_score = best_id.reshape(n, -1), best_score.reshape(n, -1)
     pick = np.argsort(best_score, axis=1, kind="stable")[:, :m]
-    return np.take_along_axis(best_id, pick, axis=1), np.take_along_axis(best_score, pick[:, :1], axis=1)[:, 0]
+    return (np.take_along_axis(best_id, pick, axis=1).astype(np.int64),
+            np.take_along_axis(best_score, pick[:, :1], axis=1)[:, 0])
 
 
 def _linked_cells(top: np.ndarray, n_fine: int, probe_cells: int) -> list[np.ndarray]:
