@@ -197,21 +197,21 @@ def _cells_with_runners_up(data: np.ndarray, rows_per_cell: int, coarse_probe: i
     top, fit = _route(data, np.arange(n), coarse_top, fine, first_fine, m, inner, workers, progress)
     # second chance for the rows that fit their cell worst (a row routed to the wrong coarse cells lands in an
     # unrelated fine cell: at 128k x 1000 isotropic classes 4.5 % of rows, similarity .43 to their cell's
-    # centre against .58 to their class's): route them again through 4 x as many coarse cells
-    if not inner:
-        fit = fit + np.einsum("ij,ij->i", data, data)  # squared distance to the centre
+    # centre against .58 to their class's): route them again through REROUTE_WIDEN x as many coarse cells.
+    # ``fit`` lacks |row|^2 for Euclidean rows; that is added to compare rows, not to compare centres.
+    gap = fit if inner else fit + np.einsum("ij,ij->i", data, data)
     typical = np.zeros(fine.shape[0], dtype=np.float64)
     order, starts = _group(top[:, 0], fine.shape[0])
     for f in np.flatnonzero(np.diff(starts)):
-        typical[f] = np.median(fit[order[starts[f]:starts[f + 1]]])
-    misfit = fit - typical[top[:, 0]]
+        typical[f] = np.median(gap[order[starts[f]:starts[f + 1]]])
+    gap = gap - typical[top[:, 0]]
     count = int(REROUTE_FRACTION * n)
-    worst = np.argpartition(misfit, n - count)[n - count:] if 0 < count < n else np.arange(n)[:count]
+    worst = np.argpartition(gap, n - count)[n - count:] if 0 < count < n else np.arange(n)[:count]
     wide = min(REROUTE_WIDEN * coarse_probe, coarse.shape[0])
     if worst.size and wide > probe:
         again, again_fit = _route(data, worst, _nearest(data[worst], coarse, wide, inner), fine, first_fine, m,
                                   inner, workers, False)
-        better = again_fit < fit[worst] - (0.0 if inner else np.einsum("ij,ij->i", data[worst], data[worst]))
+        better = again_fit < fit[worst]
         top[worst[better]] = again[better]
     return fine.shape[0], top
 
